@@ -1,0 +1,35 @@
+# Quick start:  make demo   (install if needed, convert a seeded demo r50 and verify every layer)
+#               make test   (install if needed, lint, then every test including pytest parity_tests)
+PYTHON ?= python3
+PIP    ?= $(PYTHON) -m pip
+TORCH  ?= torch==2.13.0
+PADDLE ?= paddlepaddle==3.3.1
+STAMP  := .stamp-install
+
+.PHONY: install demo test lint parity bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PIP) install --quiet "$(TORCH)" "$(PADDLE)"
+	$(PIP) install --quiet -e ".[dev,onnx]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PYTHON) converters/torch2paddle.py --arch r50
+	$(PYTHON) converters/paddle2torch.py --src weights/demo/r50-DEMO-random.pdparams --out weights/demo/r50-DEMO-random.roundtrip.pth --check-against weights/demo/r50-DEMO-random.pth
+
+lint: $(STAMP)
+	$(PYTHON) -m ruff check .
+
+test: $(STAMP) lint
+	$(PYTHON) -m pytest -q tests parity_tests
+
+parity: $(STAMP)
+	$(PYTHON) -m pytest -q parity_tests
+
+bench: $(STAMP)
+	$(PYTHON) bench/convert.py
+
+clean:
+	rm -rf $(STAMP) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,174 @@
+"""The one table that maps InsightFace's PyTorch state_dict to the Paddle backbones and back.
+
+Mapping is by name with shape checks, never by position. Each rule says, for a parameter of a given
+torch module type, what the Paddle layer calls it and how its layout changes. The per-architecture
+key list (``layout``) is derived from the PyTorch reference model built on the ``meta`` device, so it
+costs no memory; the parity suite proves it equals the Paddle model's ``state_dict`` key for key.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from .checkpoint import PaddleWeights
+from .errors import UserError
+
+FORMAT_VERSION = 1
+
+
+def _same(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def _transpose(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.T)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """torch ``<module type>.<torch_name>`` is Paddle ``<paddle_name>``, laid out by ``to_paddle``."""
+
+    modules: tuple[str, ...]
+    torch_name: str
+    paddle_name: str | None  # None: Paddle has no such state; kept in the weights file's metadata
+    to_paddle: Callable[[np.ndarray], np.ndarray] = _same
+    to_torch: Callable[[np.ndarray], np.ndarray] = _same
+
+
+BATCH_NORMS = ("BatchNorm1d", "BatchNorm2d")
+RULES: tuple[Rule, ...] = (
+    Rule(("Conv2d",), "weight", "weight"),  # [out, in/groups, kh, kw] in both
+    Rule(("Linear",), "weight", "weight", _transpose, _transpose),  # torch [out, in], Paddle [in, out]
+    Rule(("Linear",), "bias", "bias"),
+    Rule(BATCH_NORMS, "weight", "weight"),
+    Rule(BATCH_NORMS, "bias", "bias"),
+    Rule(BATCH_NORMS, "running_mean", "_mean"),
+    Rule(BATCH_NORMS, "running_var", "_variance"),
+    Rule(BATCH_NORMS, "num_batches_tracked", None),
+    Rule(("PReLU",), "weight", "_weight"),
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One state_dict entry in both frameworks."""
+
+    torch_key: str
+    torch_shape: tuple[int, ...]
+    torch_dtype: str  # "float32" or "int64"
+    module: str  # torch module path, e.g. "layer1.0.bn1"
+    module_type: str
+    rule: Rule
+
+    @property
+    def paddle_key(self) -> str | None:
+        if self.rule.paddle_name is None:
+            return None
+        return f"{self.module}.{self.rule.paddle_name}" if self.module else self.rule.paddle_name
+
+    @property
+    def paddle_shape(self) -> tuple[int, ...]:
+        return tuple(self.rule.to_paddle(np.empty(self.torch_shape, dtype=np.uint8)).shape)
+
+
+def _find_rule(module_type: str, name: str) -> Rule:
+    for rule in RULES:
+        if module_type in rule.modules and rule.torch_name == name:
+            return rule
+    raise KeyError(f"no mapping rule for {module_type}.{name}")
+
+
+@functools.cache
+def layout(arch: str, num_features: int = 512) -> tuple[Entry, ...]:
+    """Every state_dict entry of ``arch`` in InsightFace's order, with its Paddle name and shape."""
+    import torch
+
+    from torch_reference import get_model
+
+    with torch.device("meta"):
+        model = get_model(arch, num_features=num_features)
+    modules = dict(model.named_modules())
+    entries = []
+    for key, value in model.state_dict(keep_vars=True).items():
+        module, _, name = key.rpartition(".")
+        module_type = type(modules[module]).__name__
+        entries.append(Entry(key, tuple(value.shape), str(value.dtype).replace("torch.", ""), module,
+                             module_type, _find_rule(module_type, name)))
+    return tuple(entries)
+
+
+def _check_keys(found: Iterable[str], expected: Iterable[str], path: str | Path, arch: str) -> None:
+    found, expected = list(found), list(expected)
+    found_set, expected_set = set(found), set(expected)
+    missing = [k for k in expected if k not in found_set]
+    extra = [k for k in found if k not in expected_set]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(path, f"missing key {missing[0]}{more}: {arch} needs all {len(expected)} entries")
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise UserError(path, f"unexpected key {extra[0]}{more}: not part of {arch}")
+
+
+def _check_array(key: str, arr: np.ndarray, shape: tuple[int, ...], dtype: str, path: str | Path,
+                 arch: str) -> None:
+    if tuple(arr.shape) != shape:
+        raise UserError(path, f"{key}: shape {list(arr.shape)} but {arch} expects {list(shape)}")
+    kind = "i" if dtype == "int64" else "f"
+    if arr.dtype.kind not in (kind, "u" if kind == "i" else kind):
+        raise UserError(path, f"{key}: dtype {arr.dtype} but {arch} expects {dtype}")
+    if kind == "f" and not np.isfinite(arr).all():
+        raise UserError(path, f"{key}: contains NaN or infinite values")
+
+
+def torch_to_paddle(arrays: Mapping[str, np.ndarray], arch: str, num_features: int,
+                    path: str | Path) -> PaddleWeights:
+    """InsightFace-named arrays -> Paddle-named arrays; strict on keys, shapes and dtypes."""
+    entries = layout(arch, num_features)
+    _check_keys(arrays, [e.torch_key for e in entries], path, arch)
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    tracked: dict[str, int] = {}
+    for e in entries:
+        arr = arrays[e.torch_key]
+        _check_array(e.torch_key, arr, e.torch_shape, e.torch_dtype, path, arch)
+        if e.paddle_key is None:
+            tracked[e.torch_key] = int(arr)
+        else:
+            out[e.paddle_key] = e.rule.to_paddle(np.asarray(arr, dtype=np.float32))
+    meta = {"format": FORMAT_VERSION, "arch": arch, "num_features": num_features,
+            "num_batches_tracked": tracked}
+    return PaddleWeights(out, meta)
+
+
+def paddle_to_torch(weights: PaddleWeights, arch: str, num_features: int,
+                    path: str | Path) -> OrderedDict[str, np.ndarray]:
+    """Paddle-named arrays -> InsightFace's state_dict (keys, order, dtypes), strict.
+
+    ``num_batches_tracked`` comes from the file's metadata when this project wrote it, else zeros.
+    """
+    entries = layout(arch, num_features)
+    _check_keys(weights.arrays, [e.paddle_key for e in entries if e.paddle_key], path, arch)
+    tracked = weights.meta.get("num_batches_tracked", {})
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    for e in entries:
+        if e.paddle_key is None:
+            out[e.torch_key] = np.array(int(tracked.get(e.torch_key, 0)), dtype=np.int64)
+            continue
+        arr = weights.arrays[e.paddle_key]
+        _check_array(e.paddle_key, arr, e.paddle_shape, e.torch_dtype, path, arch)
+        out[e.torch_key] = e.rule.to_torch(arr)
+    return out
+
+
+def paddle_key_of(torch_key: str, arch: str, num_features: int = 512) -> str | None:
+    """The Paddle name of an InsightFace state_dict key (None for ``num_batches_tracked``)."""
+    for e in layout(arch, num_features):
+        if e.torch_key == torch_key:
+            return e.paddle_key
+    raise KeyError(torch_key)

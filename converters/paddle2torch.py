@@ -1,0 +1,117 @@
+"""Convert Paddle backbone weights back to an InsightFace PyTorch state_dict.
+
+    python converters/paddle2torch.py [--arch r50] --src PATH.pdparams --out PATH.pth
+                                      [--check-against ORIGINAL.pth] [--verify]
+
+The output has InsightFace's keys, order and dtypes (int64 ``num_batches_tracked``, restored from the
+metadata this project writes into ``.pdparams``, zeros otherwise), so InsightFace's
+``get_model(name).load_state_dict(sd, strict=True)`` accepts it; it is loaded strictly into the PyTorch
+reference before it is written. ``--check-against`` compares every tensor with the original PyTorch
+checkpoint bit for bit. Exit codes: 0 written, 1 a check failed (nothing written), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import the project from its root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from converters.errors import run_cli  # noqa: E402
+
+ARCHS = ("r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large")
+
+
+class CheckFailed(Exception):
+    """Raised inside the atomic write so that a failed check leaves no output file."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from converters.verify import add_verify_arguments
+
+    parser = argparse.ArgumentParser(prog="paddle2torch.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=ARCHS, help="expected architecture (default: detected)")
+    parser.add_argument("--src", type=Path, required=True, help="Paddle weights (.pdparams)")
+    parser.add_argument("--out", type=Path, required=True, help="PyTorch state_dict to write (.pth)")
+    parser.add_argument("--check-against", type=Path, metavar="ORIGINAL.pth",
+                        help="require every tensor to equal this PyTorch checkpoint's bit for bit")
+    parser.add_argument("--verify", action="store_true",
+                        help="also run the layer-by-layer parity check (Paddle source vs PyTorch output)")
+    add_verify_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def compare_exact(converted, original) -> list[str]:
+    """Differences between two InsightFace-named array dicts: order, dtype, shape or any bit."""
+    problems = []
+    if list(converted) != list(original):
+        problems.append("key order differs")
+    for key, arr in original.items():
+        other = converted.get(key)
+        if other is None:
+            problems.append(f"{key}: missing")
+        elif other.dtype != arr.dtype or other.shape != arr.shape:
+            problems.append(f"{key}: {other.dtype}{list(other.shape)} vs {arr.dtype}{list(arr.shape)}")
+        elif other.tobytes() != arr.tobytes():
+            problems.append(f"{key}: values differ")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from converters.runtime import set_threads
+
+    set_threads(args.threads)
+    from converters.arch import detect_arch, resolve_arch
+    from converters.checkpoint import (
+        atomic_output,
+        read_paddle_weights,
+        read_torch_checkpoint,
+        sha256_file,
+        write_torch_state_dict,
+    )
+    from converters.mapping import paddle_to_torch
+    from converters.models import torch_model
+    from converters.verify import log, run_parity, write_report
+
+    weights = read_paddle_weights(args.src)
+    detected = detect_arch({k: v.shape for k, v in weights.arrays.items()}, args.src, "paddle")
+    info = resolve_arch(args.arch, detected, args.src)
+    arrays = paddle_to_torch(weights, info.name, info.num_features, args.src)
+    tracked = "from the file's metadata" if weights.meta.get("num_batches_tracked") else "set to 0 (not in the file)"
+    log(f"{args.src}: {info.name}, {info.description}; num_batches_tracked {tracked}")
+    torch_model(info.name, arrays, info.num_features)  # strict load into the InsightFace layout
+    original = read_torch_checkpoint(args.check_against).arrays if args.check_against else None
+
+    report = None
+    try:
+        with atomic_output(args.out) as tmp:
+            write_torch_state_dict(tmp, arrays, atomic=False)
+            written = read_torch_checkpoint(tmp).arrays  # check what was written, as a user would read it
+            if original is not None:
+                problems = compare_exact(written, original)
+                if problems:
+                    log(f"error: {args.out}: differs from {args.check_against}: {'; '.join(problems[:5])}")
+                    raise CheckFailed
+                print(f"bit-identical to {args.check_against}: {len(original)} tensors, same keys, order and dtypes")
+            if args.verify:
+                report = run_parity(info.name, info.num_features, written, weights, args)
+                if not report.passed:
+                    raise CheckFailed
+            digest = sha256_file(tmp)
+    except CheckFailed:
+        write_report(args.report, report, {"tool": "paddle2torch", "arch": info.name, "output": None})
+        log(f"error: {args.out}: not written, check failed")
+        return 1
+    write_report(args.report, report, {"tool": "paddle2torch", "arch": info.name,
+                                       "source": {"path": str(args.src), "sha256": sha256_file(args.src)},
+                                       "output": {"path": str(args.out), "sha256": digest}})
+    print(f"wrote {args.out} ({info.name}, {len(arrays)} tensors in InsightFace's order, sha256 {digest[:16]}...)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main())

@@ -1,0 +1,140 @@
+"""Convert an InsightFace PyTorch backbone to Paddle and prove, layer by layer, that nothing changed.
+
+    python converters/torch2paddle.py [--arch r50] [--src CKPT] [--out PATH] [--report PATH.json] [--no-verify]
+
+The checkpoint is read with ``torch.load(weights_only=True)``; the architecture is recognised from its
+keys and shapes (``--arch`` is checked against it); every key is mapped by name with its shape checked.
+Unless ``--no-verify``, the PyTorch reference and the converted Paddle model run on the same input and
+every layer is compared against DESIGN.md's gates. Exit codes: 0 converted and verified, 1 a parity gate
+failed (no weights file is left under the requested name), 2 a problem with the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import the project from its root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from converters.errors import run_cli  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "weights"
+ARCHS = ("r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large")
+
+
+class GateFailed(Exception):
+    """Raised inside the atomic write so that a failed verification leaves no weights file."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from converters.verify import add_verify_arguments
+
+    parser = argparse.ArgumentParser(prog="torch2paddle.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=ARCHS, help="expected architecture (default: detected; r50 "
+                        "for the demo when no checkpoint is given or found)")
+    parser.add_argument("--src", type=Path, help="PyTorch checkpoint (.pth/.pt): a state_dict, or a dict "
+                        "wrapping one (state_dict, state_dict_backbone, model), DDP prefixes allowed")
+    parser.add_argument("--out", type=Path, help="Paddle weights to write (default weights/paddle/<arch>.pdparams)")
+    parser.add_argument("--no-verify", action="store_true", help="convert without the parity check")
+    add_verify_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def default_sources(arch: str) -> list[Path]:
+    """Where a user keeps the InsightFace checkpoint for ``arch`` (see weights/README.md)."""
+    paths = [WEIGHTS / "torch" / f"{arch}.pth"]
+    manifest = WEIGHTS / "manifest.json"
+    if manifest.is_file():
+        models = json.loads(manifest.read_text()).get("models", [])
+        paths += [WEIGHTS / m["path"] for m in models if m.get("arch") == arch]
+    return paths
+
+
+def demo_source(arch: str, seed: int) -> Path:
+    """Write (once) the seeded, calibrated random reference checkpoint and return its path."""
+    from converters.checkpoint import write_torch_state_dict
+    from converters.demo import demo_state_dict
+    from converters.verify import log
+
+    path = WEIGHTS / "demo" / f"{arch}-DEMO-random.pth"
+    banner = "=" * 100
+    log(f"{banner}\nDEMO: no --src given and no checkpoint for {arch} under weights/ "
+        f"({', '.join(str(p.relative_to(ROOT)) for p in default_sources(arch))}).\n"
+        f"Using a seeded PyTorch {arch} with RANDOM weights and calibrated BatchNorm statistics: it shows "
+        f"the conversion and\nthe parity check, but it is NOT a face-recognition model. "
+        f"Its files are named *-DEMO-random.*\n{banner}")
+    if not path.exists():
+        write_torch_state_dict(path, demo_state_dict(arch, seed=seed))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from converters.runtime import set_threads
+
+    set_threads(args.threads)
+    from converters.arch import detect_arch, resolve_arch
+    from converters.checkpoint import atomic_output, read_torch_checkpoint, sha256_file, write_paddle_weights
+    from converters.mapping import torch_to_paddle
+    from converters.verify import log, run_parity, write_report
+
+    demo = False
+    src = args.src
+    if src is None:
+        arch = args.arch or "r50"
+        src = next((p for p in default_sources(arch) if p.is_file()), None)
+        if src is None:
+            src, demo = demo_source(arch, args.seed), True
+        log(f"source: {src}")
+    ckpt = read_torch_checkpoint(src)
+    detected = detect_arch({k: v.shape for k, v in ckpt.arrays.items()}, src, "torch")
+    info = resolve_arch(args.arch, detected, src)
+    weights = torch_to_paddle(ckpt.arrays, info.name, info.num_features, src)
+    weights.meta.update(demo=demo, source_sha256=sha256_file(src), source_dtypes=sorted(set(ckpt.source_dtypes.values())))
+    wrapped = f" (state_dict under '{ckpt.wrapper}')" if ckpt.wrapper else ""
+    prefix = f", stripped prefix '{ckpt.stripped_prefix}'" if ckpt.stripped_prefix else ""
+    log(f"{src}: {info.name}, {info.description}; {len(ckpt.arrays)} entries{wrapped}{prefix}; "
+        f"dtypes {', '.join(sorted(set(ckpt.source_dtypes.values())))}")
+
+    out = args.out
+    if out is None:
+        out = WEIGHTS / ("demo" if demo else "paddle") / (f"{info.name}-DEMO-random.pdparams" if demo
+                                                           else f"{info.name}.pdparams")
+    report = None
+    try:
+        with atomic_output(out) as tmp:
+            write_paddle_weights(tmp, weights, atomic=False)
+            if not args.no_verify:
+                from converters.checkpoint import read_paddle_weights
+
+                # verify what was written: read the file back as a user would
+                report = run_parity(info.name, info.num_features, ckpt.arrays, read_paddle_weights(tmp), args)
+                if not report.passed:
+                    raise GateFailed
+            digest = sha256_file(tmp)
+    except GateFailed:
+        write_report(args.report, report, _report_fields(src, None, None, info, demo))
+        log(f"error: {out}: not written, parity gate failed")
+        return 1
+    write_report(args.report, report, _report_fields(src, out, digest, info, demo))
+    kind = "DEMO (random weights) " if demo else ""
+    status = "verified" if report is not None else "NOT verified (--no-verify)"
+    print(f"wrote {kind}{out} ({info.name}, {len(weights.arrays)} arrays, sha256 {digest[:16]}...), {status}")
+    return 0
+
+
+def _report_fields(src: Path, out: Path | None, digest: str | None, info, demo: bool) -> dict:
+    from converters.checkpoint import sha256_file
+
+    return {"tool": "torch2paddle", "arch": info.name, "num_features": info.num_features, "demo": demo,
+            "source": {"path": str(src), "sha256": sha256_file(src)},
+            "output": None if out is None else {"path": str(out), "sha256": digest}}
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main())

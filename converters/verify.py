@@ -1,0 +1,75 @@
+"""Verification shared by the converter CLIs: build both models, run the parity engine, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .checkpoint import PaddleWeights, atomic_output
+from .inputs import parity_input
+from .models import paddle_model, torch_model
+from .parity import ParityReport, compare_forward
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("verification")
+    group.add_argument("--input", default="random", metavar="random|PACK.bin",
+                       help="parity input: seeded random images (default) or real faces from a .bin pack")
+    group.add_argument("--batch", type=int, default=4, help="images in the parity batch (default 4)")
+    group.add_argument("--seed", type=int, default=0, help="seed of the random parity input (default 0)")
+    group.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    group.add_argument("--table", choices=("full", "failures", "none"), default="full",
+                       help="per-layer table to print (default full)")
+    group.add_argument("--report", type=Path, default=None, metavar="PATH.json",
+                       help="write the per-layer parity report as JSON")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_parity(arch: str, num_features: int, torch_arrays: Mapping[str, np.ndarray],
+               paddle_weights: PaddleWeights, args: argparse.Namespace) -> ParityReport:
+    """Eval-mode forward parity of the PyTorch reference holding ``torch_arrays`` and the Paddle model
+    holding ``paddle_weights`` (both loaded strictly), printed as a per-layer table and a verdict."""
+    x, info = parity_input(args.input, args.batch, args.seed)
+    log(f"verifying {arch}: {info['kind']}, input {tuple(x.shape)}")
+    t0 = time.perf_counter()
+    reference = torch_model(arch, torch_arrays, num_features)
+    converted = paddle_model(arch, paddle_weights, num_features)
+    report = compare_forward(reference, converted, x, input_info=info)
+    report.input["seconds"] = round(time.perf_counter() - t0, 2)
+    if args.table != "none":
+        table = report.table(only_failures=args.table == "failures")
+        if table.count("\n") > 1:
+            print(table)
+    print(report.verdict())
+    return report
+
+
+def write_report(path: Path | None, report: ParityReport | None, extra: dict[str, Any]) -> None:
+    """Write the JSON report (gates, per-layer numbers, versions, input, hashes) if a path was given."""
+    if path is None:
+        return
+    from .runtime import library_versions
+
+    data: dict[str, Any] = {"versions": library_versions(), **extra}
+    if report is not None:
+        data["parity"] = report.to_dict()
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    log(f"report: {path}")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,1 @@
+"""Evaluation with InsightFace's verification protocol on the ``.bin`` sets."""
