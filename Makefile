@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(PYTHON) -m ruff check .
 
 test: $(STAMP) lint
-	$(PYTHON) -m pytest -q tests parity_tests
+	$(PYTHON) -m pytest -q
 
 parity: $(STAMP)
 	$(PYTHON) -m pytest -q parity_tests

@@ -1,0 +1,1 @@
+"""Training ArcFace/CosFace with Partial FC in Paddle: data, losses, classifier, loop."""

@@ -1,0 +1,1 @@
+"""Training data without MXNet: RecordIO packs, image folders, synthetic data, samplers and loaders."""
