@@ -74,6 +74,10 @@ def _require_file(path: Path) -> None:
 def _torch_load(path: Path) -> Any:
     import torch
 
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save zip, or a legacy pickle
+        raise UserError(path, "not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
