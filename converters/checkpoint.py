@@ -202,14 +202,16 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
 
 def write_paddle_weights(path: str | Path, weights: PaddleWeights, atomic: bool = True) -> None:
-    """Write a ``.pdparams`` that ``paddle.load`` reads (a protocol-4 pickle of numpy arrays, as
+    """Write a ``.pdparams`` that ``paddle.load`` reads (a pickle of numpy arrays under Paddle names, as
     ``paddle.save`` writes), through a temporary file unless ``atomic=False``."""
     payload: dict[str, Any] = dict(weights.arrays)
     if weights.meta:
         payload[META_KEY] = weights.meta
+    # protocol 5 writes each array's buffer without the copy (kept alive by the pickler's memo until the
+    # end) that protocol 4 makes, which halves peak memory; paddle.load reads it (Python >= 3.8)
     with atomic_output(path) if atomic else contextlib.nullcontext(Path(path)) as target, \
             open(target, "wb") as fh:
-        pickle.dump(payload, fh, protocol=4)
+        pickle.dump(payload, fh, protocol=5)
 
 
 def write_torch_state_dict(path: str | Path, arrays: OrderedDict[str, np.ndarray], atomic: bool = True) -> None:

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from converters.runtime import set_threads
 
-    set_threads(args.threads)
+    set_threads(args.threads, paddle=args.verify)
     from converters.arch import detect_arch, resolve_arch
     from converters.checkpoint import (
         atomic_output,

@@ -6,19 +6,21 @@ import os
 import warnings
 
 
-def set_threads(threads: int | None = None) -> int:
-    """Use ``threads`` CPU threads (default: all cores) in torch and Paddle; returns the count.
+def set_threads(threads: int | None = None, paddle: bool = True) -> int:
+    """Use ``threads`` CPU threads (default: all cores) in torch and (if ``paddle``) Paddle; returns the count.
 
     ``import paddle`` sets ``OMP_NUM_THREADS=1`` when it is unset, which leaves Paddle single-threaded
     (about 1.7x slower on two cores), so the count is set through both frameworks' APIs after import.
     """
     n = int(threads or os.cpu_count() or 1)
-    quiet_paddle_import()
-    import paddle
     import torch
 
     torch.set_num_threads(n)
-    paddle.base.core.set_num_threads(n)
+    if paddle:  # importing Paddle costs ~2 s and ~300 MB: callers that do not need it say so
+        quiet_paddle_import()
+        import paddle as paddle_module
+
+        paddle_module.base.core.set_num_threads(n)
     return n
 
 

@@ -68,9 +68,15 @@ def safe_loads(data: bytes, encoding: str = "ASCII") -> Any:
 
 
 def safe_load(path: str | Path) -> Any:
-    """Unpickle a file with the allow-list, retrying Python-2 pickles with ``encoding='bytes'``."""
-    data = Path(path).read_bytes()
-    try:
-        return safe_loads(data)
-    except UnicodeDecodeError:
-        return safe_loads(data, encoding="bytes")
+    """Unpickle a file with the allow-list, retrying Python-2 pickles with ``encoding='bytes'``.
+
+    The file is streamed, not read into memory first, so arrays are the only copy of the data.
+    """
+    with open(path, "rb") as fh:
+        try:
+            obj = RestrictedUnpickler(fh).load()
+        except UnicodeDecodeError:
+            fh.seek(0)
+            obj = RestrictedUnpickler(fh, encoding="bytes").load()
+    _reject_object_arrays(obj)
+    return obj

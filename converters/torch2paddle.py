@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from converters.runtime import set_threads
 
-    set_threads(args.threads)
+    set_threads(args.threads, paddle=not args.no_verify)
     from converters.arch import detect_arch, resolve_arch
     from converters.checkpoint import atomic_output, read_torch_checkpoint, sha256_file, write_paddle_weights
     from converters.mapping import torch_to_paddle
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     detected = detect_arch({k: v.shape for k, v in ckpt.arrays.items()}, src, "torch")
     info = resolve_arch(args.arch, detected, src)
     weights = torch_to_paddle(ckpt.arrays, info.name, info.num_features, src)
-    weights.meta.update(demo=demo, source_sha256=sha256_file(src), source_dtypes=sorted(set(ckpt.source_dtypes.values())))
+    src_digest = sha256_file(src)
+    weights.meta.update(demo=demo, source_sha256=src_digest, source_dtypes=sorted(set(ckpt.source_dtypes.values())))
     wrapped = f" (state_dict under '{ckpt.wrapper}')" if ckpt.wrapper else ""
     prefix = f", stripped prefix '{ckpt.stripped_prefix}'" if ckpt.stripped_prefix else ""
     log(f"{src}: {info.name}, {info.description}; {len(ckpt.arrays)} entries{wrapped}{prefix}; "
@@ -118,21 +119,19 @@ def main(argv: list[str] | None = None) -> int:
                     raise GateFailed
             digest = sha256_file(tmp)
     except GateFailed:
-        write_report(args.report, report, _report_fields(src, None, None, info, demo))
+        write_report(args.report, report, _report_fields(src, src_digest, None, None, info, demo))
         log(f"error: {out}: not written, parity gate failed")
         return 1
-    write_report(args.report, report, _report_fields(src, out, digest, info, demo))
+    write_report(args.report, report, _report_fields(src, src_digest, out, digest, info, demo))
     kind = "DEMO (random weights) " if demo else ""
     status = "verified" if report is not None else "NOT verified (--no-verify)"
     print(f"wrote {kind}{out} ({info.name}, {len(weights.arrays)} arrays, sha256 {digest[:16]}...), {status}")
     return 0
 
 
-def _report_fields(src: Path, out: Path | None, digest: str | None, info, demo: bool) -> dict:
-    from converters.checkpoint import sha256_file
-
+def _report_fields(src: Path, src_digest: str, out: Path | None, digest: str | None, info, demo: bool) -> dict:
     return {"tool": "torch2paddle", "arch": info.name, "num_features": info.num_features, "demo": demo,
-            "source": {"path": str(src), "sha256": sha256_file(src)},
+            "source": {"path": str(src), "sha256": src_digest},
             "output": None if out is None else {"path": str(out), "sha256": digest}}
 
 

@@ -84,7 +84,9 @@ class IResNet(nn.Module):
         self.features.weight.requires_grad = False  # frozen at 1.0; its bias is trained
 
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            # a model built on the meta device (to read its layout) has no values to initialise; skipping
+            # normal_ there also avoids importing torch._dynamo, which meta normal_ does (~2.5 s)
+            if isinstance(m, nn.Conv2d) and not m.weight.is_meta:
                 nn.init.normal_(m.weight, 0.0, 0.1)
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.constant_(m.weight, 1.0)
