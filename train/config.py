@@ -1,0 +1,243 @@
+"""Training configuration: InsightFace's keys and values, read safely from small config files.
+
+A config file is a list of ``key = literal`` assignments (numbers, strings, booleans, None, tuples,
+lists), like InsightFace's ``configs/*.py`` without the ``config.`` prefix. It is parsed with ``ast``,
+never executed. A run is ``configs/base.py`` + the job file + ``key=value`` overrides from the command
+line; unknown keys, wrong types and bad values are one-line errors naming the file (and line).
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+from converters.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class TrainConfig:
+    """Every key a training run reads. Defaults are InsightFace's ``configs/base.py`` (reference §6.3)."""
+
+    # model and loss
+    network: str = "r50"
+    embedding_size: int = 512
+    margin_list: tuple = (1.0, 0.5, 0.0)  # (m1, m2, m3): ArcFace (1, 0.5, 0), CosFace (1, 0, 0.4)
+    scale: float = 64.0  # InsightFace hard-codes s = 64
+    grad_mode: str = "insightface"  # ArcFace gradient: "insightface" (straight-through) or "exact"
+    interclass_filtering_threshold: float = 0.0
+    sample_rate: float = 1.0
+    pfc_update: str = "dense"  # "dense" (InsightFace v2) or "sparse" (v1, PLSC)
+    dropout: float = 0.0
+    fp16: bool = False
+    # data
+    rec: str = ""  # a RecordIO folder (train.rec/.idx), an image folder / label.txt, or "synthetic"
+    num_classes: int = 0
+    num_image: int = 0
+    val_targets: tuple = ()
+    num_workers: int = 2
+    dali: bool = False
+    dali_aug: bool = False
+    # optimisation
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9, coupled decay) or "adamw"
+    lr: float = 0.1
+    momentum: float = 0.9  # InsightFace ignores it (SGD momentum is hard-coded 0.9); so does this project
+    weight_decay: float = 5e-4
+    batch_size: int = 128  # per process
+    num_epoch: int = 20
+    warmup_epoch: int = 0
+    gradient_acc: int = 1
+    max_norm: float = 5.0  # backbone-only gradient clipping
+    seed: int = 2048
+    # run
+    output: str | None = None
+    resume: bool = False
+    save_all_states: bool = True  # this project always writes resumable checkpoints
+    save_every: int = 0  # steps between mid-epoch checkpoints; 0 = epoch ends only
+    verbose: int = 2000  # steps between verification runs
+    frequent: int = 10  # steps between log lines
+    # accepted for compatibility with InsightFace configs, unused here
+    using_wandb: bool = False
+    wandb_key: str = ""
+    suffix_run_name: str | None = None
+    wandb_entity: str = ""
+    wandb_project: str = ""
+    wandb_log_all: bool = True
+    save_artifacts: bool = False
+    wandb_resume: bool = False
+    notes: str = field(default="", metadata={"help": "free text kept with the run"})
+
+    # ------------------------------------------------------------------ derived values (reference §6.2)
+    def total_batch(self, world_size: int) -> int:
+        return self.batch_size * world_size
+
+    def steps_per_epoch(self, world_size: int, dataset_len: int | None = None) -> int:
+        """InsightFace: num_image // total_batch (the sampler pads, the loader drops the last batch)."""
+        return (dataset_len or self.num_image) // self.total_batch(world_size)
+
+    def warmup_step(self, world_size: int) -> int:
+        return self.steps_per_epoch(world_size) * self.warmup_epoch
+
+    def total_step(self, world_size: int) -> int:
+        return self.steps_per_epoch(world_size) * self.num_epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+CHOICES = {"optimizer": ("sgd", "adamw"), "grad_mode": ("insightface", "exact"),
+           "pfc_update": ("dense", "sparse")}
+
+
+def _check_type(key: str, value: Any) -> Any:
+    kind = FIELD_TYPES[key]
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind == "tuple" and isinstance(value, list):
+        value = tuple(value)
+    expected = {"int": (int,), "float": (float,), "str": (str,), "bool": (bool,), "tuple": (tuple,),
+                "str | None": (str, type(None))}[kind]
+    if isinstance(value, bool) and kind in ("int", "float"):
+        raise TypeError(f"{key} must be {kind}, got a boolean")
+    if not isinstance(value, expected):
+        raise TypeError(f"{key} must be {kind}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _unknown(key: str) -> str:
+    close = difflib.get_close_matches(key, FIELD_TYPES, n=1)
+    return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """``key = literal`` assignments of a config file, type-checked, without executing it."""
+    if not path.is_file():
+        raise UserError(path, "no such config file")
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except SyntaxError as err:
+        raise UserError(path, f"line {err.lineno}: {err.msg}") from None
+    values: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            continue  # a docstring
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue  # InsightFace configs import easydict; nothing is imported here
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "config":
+            key = target.attr  # InsightFace's "config.lr = 0.1" spelling
+        elif isinstance(target, ast.Name):
+            key = target.id
+        else:
+            raise UserError(path, f"line {node.lineno}: only 'key = value' assignments are allowed")
+        if key == "config":
+            continue  # "config = edict()"
+        if key not in FIELD_TYPES:
+            raise UserError(path, f"line {node.lineno}: {_unknown(key)}")
+        try:
+            values[key] = _check_type(key, ast.literal_eval(node.value))
+        except ValueError:
+            raise UserError(path, f"line {node.lineno}: {key}: value must be a literal "
+                            "(number, string, bool, None, tuple or list)") from None
+        except TypeError as err:
+            raise UserError(path, f"line {node.lineno}: {err}") from None
+    return values
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A config given by name (``ms1mv3_r50``) or by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".py" or path.exists() or "/" in name_or_path:
+        return path
+    return CONFIG_DIR / f"{name_or_path}.py"
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``key=value`` strings from the command line; values are Python literals, or else strings."""
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(None, f"override {item!r}: expected key=value")
+        if key not in FIELD_TYPES:
+            raise UserError(None, f"override {item!r}: {_unknown(key)}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        if FIELD_TYPES[key] == "str" and not isinstance(value, str):
+            value = raw
+        try:
+            values[key] = _check_type(key, value)
+        except TypeError as err:
+            raise UserError(None, f"override {item!r}: {err}") from None
+    return values
+
+
+def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> TrainConfig:
+    """base.py, then the job config, then command-line overrides; validated."""
+    path = resolve_config_path(name_or_path)
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "base"))
+        raise UserError(path, f"no such config file (names in train/configs: {known})")
+    values = read_config_file(CONFIG_DIR / "base.py")
+    values.update(read_config_file(path))
+    values.update(parse_overrides(overrides))
+    config = TrainConfig(**values)
+    if config.output is None:
+        config.output = str(Path("work_dirs") / path.stem)
+    validate(config, path)
+    return config
+
+
+def validate(config: TrainConfig, path: Path | None = None) -> None:
+    """Values that are well-typed but unusable are errors before anything runs."""
+    from torch_reference import MODEL_NAMES
+
+    def bad(message: str):
+        raise UserError(path, message)
+
+    for key, options in CHOICES.items():
+        if getattr(config, key) not in options:
+            bad(f"{key} must be one of {', '.join(options)}, got {getattr(config, key)!r}")
+    if config.network not in MODEL_NAMES:
+        bad(f"network must be one of {', '.join(MODEL_NAMES)}, got {config.network!r}")
+    if len(config.margin_list) != 3 or not all(isinstance(m, (int, float)) for m in config.margin_list):
+        bad(f"margin_list must be three numbers (m1, m2, m3), got {config.margin_list!r}")
+    if config.dali:
+        bad("dali = True: NVIDIA DALI is not available with Paddle; use the RecordIO reader (dali = False)")
+    positive = ("embedding_size", "num_classes", "num_image", "batch_size", "num_epoch", "gradient_acc",
+                "frequent", "verbose")
+    for key in positive:
+        if getattr(config, key) <= 0:
+            bad(f"{key} must be positive, got {getattr(config, key)}")
+    if not 0.0 <= config.sample_rate <= 1.0:
+        bad(f"sample_rate must be in [0, 1], got {config.sample_rate}")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        bad(f"lr must be a positive number, got {config.lr}")
+    if config.save_every < 0 or config.warmup_epoch < 0 or config.num_workers < 0:
+        bad("save_every, warmup_epoch and num_workers must not be negative")
+    if config.warmup_epoch >= config.num_epoch:
+        bad(f"warmup_epoch ({config.warmup_epoch}) must be smaller than num_epoch ({config.num_epoch})")
+    if not config.rec:
+        bad("rec is not set: a RecordIO folder, an image folder or label.txt, or 'synthetic'")
+    if config.rec != "synthetic" and not data_path(config).exists():
+        bad(f"rec: training data not found: {data_path(config)}")
+
+
+def data_path(config: TrainConfig) -> Path:
+    """``rec`` as a path; relative paths are taken from the project root (``../shared/...`` works)."""
+    path = Path(config.rec)
+    return path if path.is_absolute() or path.exists() else ROOT / path
+
+
+def dump(config: TrainConfig) -> str:
+    return json.dumps(config.to_dict(), indent=2, default=list)
