@@ -10,7 +10,7 @@ STAMP  := .stamp-install
 
 $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet "$(TORCH)" "$(PADDLE)"
-	$(PIP) install --quiet -e ".[dev,onnx]"
+	$(PIP) install --quiet -e ".[dev,onnx,bench]"
 	@touch $(STAMP)
 
 install: $(STAMP)
