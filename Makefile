@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 PADDLE ?= paddlepaddle==3.3.1
 STAMP  := .stamp-install
 
-.PHONY: install demo test lint parity bench clean
+.PHONY: install demo test lint parity bench mxnet-check clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet "$(TORCH)" "$(PADDLE)"
@@ -30,6 +30,13 @@ parity: $(STAMP)
 
 bench: $(STAMP)
 	$(PYTHON) bench/convert.py
+	$(PYTHON) bench/parity_table.py
+	$(PYTHON) bench/data.py
+	$(PYTHON) bench/partial_fc.py --sparse --steps 2 --out bench/results/partial_fc.png
+
+# RecordIO against real MXNet 1.9.1 in a separate virtualenv (skipped if MXNet cannot be installed)
+mxnet-check: $(STAMP)
+	PYTHON=$(PYTHON) bash .ci/mxnet_check.sh
 
 clean:
 	rm -rf $(STAMP) .pytest_cache .ruff_cache *.egg-info
