@@ -80,12 +80,12 @@ def detect_arch(shapes: Mapping[str, Sequence[int]], path: str | Path, layout: L
     raise UserError(path, f"not an InsightFace iresnet or MobileFaceNet state_dict (keys: {head})")
 
 
-def resolve_arch(requested: str | None, detected: ArchInfo, path: str | Path) -> ArchInfo:
-    """Check a user's ``--arch`` against what the checkpoint holds."""
+def resolve_arch(requested: str | None, detected: ArchInfo, path: str | Path, option: str = "--arch") -> ArchInfo:
+    """Check a user's ``--arch`` (or another ``option`` naming an architecture) against the checkpoint."""
     if requested is None or requested == detected.name:
         return detected
     if requested not in IRESNET_LAYERS and requested not in MBF_VARIANTS:
-        raise UserError(None, f"--arch {requested}: unknown architecture (known: "
+        raise UserError(None, f"{option} {requested}: unknown architecture (known: "
                         f"{', '.join([*IRESNET_LAYERS, *MBF_VARIANTS])})")
-    raise UserError(path, f"--arch {requested} expects {describe(requested)}, but the checkpoint is "
+    raise UserError(path, f"{option} {requested} expects {describe(requested)}, but the checkpoint is "
                     f"{detected.name} ({detected.description})")

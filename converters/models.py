@@ -60,9 +60,15 @@ def paddle_model(arch: str, weights: PaddleWeights, num_features: int = 512,
         model = get_model(arch, num_features=num_features)
     finally:
         paddle.set_default_dtype(previous)
+    load_paddle_weights(model, weights)
+    model.eval()
+    return model
+
+
+def load_paddle_weights(model: paddle.nn.Layer, weights: PaddleWeights) -> None:
+    """``set_state_dict`` that fails unless every entry is taken (Paddle only warns or stays silent)."""
+    dtype = str(model.parameters()[0].dtype).replace("paddle.", "")
     state = {k: v.astype(dtype, copy=False) for k, v in weights.arrays.items()}
     missing, unexpected = model.set_state_dict(state)
     if missing or unexpected:
-        raise StrictLoadError(f"Paddle {arch}: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
-    model.eval()
-    return model
+        raise StrictLoadError(f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")

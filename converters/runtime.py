@@ -28,6 +28,8 @@ def quiet_paddle_import() -> None:
     """Silence Paddle's import-time warnings that are not about the user's work (ccache, OMP)."""
     warnings.filterwarnings("ignore", message=".*ccache.*")
     warnings.filterwarnings("ignore", message=".*OMP_NUM_THREADS.*")
+    # BatchNorm in train mode, every call: "we now always track global mean and variance"
+    warnings.filterwarnings("ignore", message="When training, we now always track")
 
 
 def library_versions() -> dict[str, str]:
