@@ -83,8 +83,13 @@ class Trainer:
         self.global_step = 0
 
     # ------------------------------------------------------------------------------------------ step
-    def train_step(self, images: paddle.Tensor, labels: paddle.Tensor) -> StepResult:
-        """One iteration; raises ``TrainingDiverged`` (before any update) if the loss is not finite."""
+    def train_step(self, images: paddle.Tensor, labels: paddle.Tensor,
+                   on_gradients: Callable[[], None] | None = None) -> StepResult:
+        """One iteration; raises ``TrainingDiverged`` (before any update) if the loss is not finite.
+
+        ``on_gradients`` is called after the backward pass, before anything touches the gradients (the
+        parity tests read them there).
+        """
         step = self.global_step + 1
         lr = self.optimizer.get_lr()
         self.backbone.train()
@@ -97,6 +102,8 @@ class Trainer:
             self.optimizer.clear_grad()
             raise TrainingDiverged(f"loss is {value} at step {step}")
         (self.scaler.scale(loss) if self.amp else loss).backward()
+        if on_gradients is not None:
+            on_gradients()
 
         grad_norm = None
         updated = step % self.config.gradient_acc == 0
