@@ -192,3 +192,23 @@ def test_a_diverging_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_
     from converters.safe_pickle import safe_load
 
     assert safe_load(out / "checkpoint_rank0.pdckpt")["step"] == bad_step - 1
+
+
+def test_verification_callback_logs_insightface_lines_on_the_packs_beside_the_data(
+        tmp_path, capsys, small_dataset_rec, small_lfw):
+    data = tmp_path / "data"  # the training pack with a verification pack beside it, as InsightFace lays out
+    data.mkdir()
+    for name in ("train.rec", "train.idx", "property"):
+        (data / name).symlink_to(small_dataset_rec / name)
+    (data / "lfw.bin").symlink_to(small_lfw)
+    code = run_main([*FAST, f"rec={data}", "verbose=2", "val_targets=['lfw', 'agedb_30']",
+                     "--output", tmp_path / "o", "--max-steps", 4])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "val target agedb_30" in err and "not found, skipped" in err
+    for step in (2, 4):
+        assert f"[lfw][{step}]XNorm: " in err and f"[lfw][{step}]Accuracy-Flip: " in err
+        assert f"[lfw][{step}]Accuracy-Highest: " in err
+    line = next(ln for ln in err.splitlines() if "[lfw][4]Accuracy-Flip: " in ln)
+    accuracy = float(line.split("Accuracy-Flip: ")[1].split("+-")[0])
+    assert 0.0 <= accuracy <= 1.0
