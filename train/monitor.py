@@ -78,7 +78,7 @@ class Monitor:
         now = time.perf_counter()
         speed = self.frequent * self.total_batch / (now - self.last_time)
         done = result.step - self.start_step
-        required = (now - self.started) / max(done, 1) * (self.total_steps - result.step - 1) / 3600
+        required = (now - self.started) / max(done, 1) * max(self.total_steps - result.step - 1, 0) / 3600
         loss = sum(self.losses) / len(self.losses)
         scale = f"   Fp16 Grad Scale: {result.grad_scale:.0f}" if result.grad_scale is not None else ""
         log.info(f"Speed {speed:.2f} samples/sec   Loss {loss:.4f}   LearningRate {next_lr:.6f}   "

@@ -170,11 +170,13 @@ def main(argv: list[str] | None = None) -> int:
             "rng": {"pfc_scores": scores.bit_generator.state},
             "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None})
 
-    def export() -> None:
+    def export(final: bool) -> None:
+        """model.pdparams and model.pt: at every epoch end (as InsightFace) and when the run stops."""
         if rank == 0:
             iterations = trainer.global_step
             pdparams, pt = export_backbone(backbone, output, config.network, config.embedding_size, iterations)
-            log.info(f"wrote {pdparams} and {pt}")
+            if final:
+                log.info(f"wrote {pdparams} and {pt} (step {iterations})")
 
     monitor = Monitor(output, rank, config.frequent, config.total_batch(world_size), total_steps,
                       trainer.global_step, args.max_steps)
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.max_steps is not None and trainer.global_step >= args.max_steps:
             log.info(f"already at step {trainer.global_step} >= --max-steps {args.max_steps}")
-            export()
+            export(final=True)
             return 0
         for epoch in range(start_epoch, config.num_epoch):
             loader.batch_sampler.set_position(epoch, start_batch if epoch == start_epoch else 0)
@@ -208,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                     save(epoch + 1 if at_end else epoch, 0 if at_end else batch)
                 if stop:
                     log.info(f"stopped at --max-steps {args.max_steps}; resume with --resume")
-                    export()
+                    export(final=True)
                     return 0
             save(epoch + 1, 0)
-            export()
+            export(final=epoch + 1 == config.num_epoch)
         log.info(f"finished: {trainer.global_step} steps")
         return 0
     finally:
