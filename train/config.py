@@ -117,8 +117,11 @@ def _unknown(key: str) -> str:
     return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """``key = literal`` assignments of a config file, type-checked, without executing it."""
+def read_config_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """``key = literal`` assignments of a config file, type-checked, without executing it.
+
+    ``extends = "name"`` first reads that config (by name or path), so a variant shows only what differs.
+    """
     if not path.is_file():
         raise UserError(path, "no such config file")
     try:
@@ -140,6 +143,15 @@ def read_config_file(path: Path) -> dict[str, Any]:
             raise UserError(path, f"line {node.lineno}: only 'key = value' assignments are allowed")
         if key == "config":
             continue  # "config = edict()"
+        if key == "extends":
+            parent = node.value.value if isinstance(node.value, ast.Constant) else None
+            if not isinstance(parent, str):
+                raise UserError(path, f"line {node.lineno}: extends must be a config name or path string")
+            parent_path = resolve_config_path(parent)
+            if parent_path.resolve() in [p.resolve() for p in (*_seen, path)]:
+                raise UserError(path, f"line {node.lineno}: extends {parent!r} loops back to itself")
+            values.update(read_config_file(parent_path, (*_seen, path)))
+            continue
         if key not in FIELD_TYPES:
             raise UserError(path, f"line {node.lineno}: {_unknown(key)}")
         try:

@@ -1,18 +1,5 @@
-"""InsightFace ms1mv3_mbf: ArcFace MobileFaceNet on MS1MV3, weight decay 1e-4, 40 epochs."""
-margin_list = (1.0, 0.5, 0.0)
+"""InsightFace ms1mv3_mbf: MobileFaceNet on MS1MV3 with weight decay 1e-4 and 40 epochs."""
+extends = "ms1mv3_r50"
 network = "mbf"
-embedding_size = 512
-sample_rate = 1.0
-fp16 = True
-momentum = 0.9
 weight_decay = 1e-4
-batch_size = 128
-lr = 0.1
-verbose = 2000
-dali = False
-rec = "/train_tmp/ms1m-retinaface-t1"
-num_classes = 93431
-num_image = 5179510
 num_epoch = 40
-warmup_epoch = 0
-val_targets = ["lfw", "cfp_fp", "agedb_30"]

@@ -1,18 +1,3 @@
 """InsightFace ms1mv3_r50_onegpu: ms1mv3_r50 on one GPU with lr 0.02 (809,280 steps)."""
-margin_list = (1.0, 0.5, 0.0)
-network = "r50"
-embedding_size = 512
-sample_rate = 1.0
-fp16 = True
-momentum = 0.9
-weight_decay = 5e-4
-batch_size = 128
+extends = "ms1mv3_r50"
 lr = 0.02
-verbose = 2000
-dali = False
-rec = "/train_tmp/ms1m-retinaface-t1"
-num_classes = 93431
-num_image = 5179510
-num_epoch = 20
-warmup_epoch = 0
-val_targets = ["lfw", "cfp_fp", "agedb_30"]

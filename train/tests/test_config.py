@@ -71,3 +71,15 @@ def test_unknown_override_and_missing_config():
         parse_overrides(["lrate=1"])
     with pytest.raises(UserError, match="no such config file"):
         load_config("no_such_job")
+
+
+def test_extends_reads_the_parent_first_and_refuses_loops(tmp_path):
+    child = tmp_path / "child.py"
+    child.write_text(f"extends = {str(CONFIG_DIR / 'ms1mv3_r50.py')!r}\nlr = 0.5\n")
+    values = read_config_file(child)
+    assert values["lr"] == 0.5 and values["num_classes"] == 93431
+    loop_a, loop_b = tmp_path / "a.py", tmp_path / "b.py"
+    loop_a.write_text(f"extends = {str(loop_b)!r}\n")
+    loop_b.write_text(f"extends = {str(loop_a)!r}\n")
+    with pytest.raises(UserError, match="loops back to itself"):
+        read_config_file(loop_a)
