@@ -1,8 +1,10 @@
 """InsightFace verification packs (``lfw.bin``, ``cfp_fp.bin``, ...): safe reading and decoding.
 
-A pack is a pickle of ``(bins, issame)``: ``2P`` encoded images in pair order (Python-2 ``str``, ``bytes``
-or numpy uint8 arrays) and ``P`` booleans. It is read with the project's restricted unpickler, so a
-crafted pack cannot run code, and decoded with OpenCV (the decoder MXNet uses) to RGB.
+A pack is a pickle of ``(bins, issame)``: ``2P`` encoded images in pair order (Python-2 ``str`` read as
+``bytes``, ``bytes``, or numpy uint8 arrays as InsightFace's ``build_eval_pack.py`` writes them) and
+``P`` booleans. It is read with a restricted unpickler that resolves only what numpy arrays need, so a
+crafted pack is refused before anything in it runs, and each image is decoded with OpenCV (the decoder
+MXNet uses; pixel-identical on the shared sample pack) to RGB, one batch at a time.
 """
 
 from __future__ import annotations
@@ -10,22 +12,41 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
 
 from converters.errors import UserError
-from converters.safe_pickle import RefusedPickle, safe_load
+from converters.safe_pickle import RefusedPickle, RestrictedUnpickler
 
 IMAGE_SIZE = 112
+# what a pack's pickle may name: numpy arrays (the images of build_eval_pack.py packs), numpy bools (in
+# issame) and protocol-2 bytes; no containers beyond tuple/list/bool, which need no global
+PACK_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+})
+READ_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+               KeyError, MemoryError, RecursionError)
 
 
 @dataclass
 class BinPack:
+    """A verification pack: encoded images in pair order and one ``issame`` flag per pair."""
+
     path: Path
-    bins: list  # encoded images, each bytes or a uint8 array
+    bins: list  # 2P encoded images, each bytes or a uint8 array
     issame: np.ndarray  # [P] bool
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
 
     @property
     def pairs(self) -> int:
@@ -39,56 +60,110 @@ class BinPack:
         return decode_image(self.bins[index], self.path, index)
 
     def iter_rgb(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+        """Decoded images ``start..stop`` one at a time, each ``[112, 112, 3]`` uint8 RGB."""
         for i in range(start, len(self) if stop is None else stop):
             yield self.decode(i)
 
+    def iter_batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, images)`` with images ``[B, 112, 112, 3]`` uint8 RGB; only one batch is decoded at a time."""
+        for start in range(0, len(self), batch_size):
+            stop = min(start + batch_size, len(self))
+            batch = np.empty((stop - start, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+            for j, i in enumerate(range(start, stop)):
+                batch[j] = self.decode(i)
+            yield start, batch
+
+
+def _unpickle(path: Path) -> Any:
+    with open(path, "rb") as fh:
+        try:
+            return RestrictedUnpickler(fh, allowed=PACK_GLOBALS).load()
+        except UnicodeDecodeError:  # a Python-2 pack: its str objects are the JPEG bytes
+            fh.seek(0)
+            return RestrictedUnpickler(fh, allowed=PACK_GLOBALS, encoding="bytes").load()
+
+
+def _is_flag(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1))
+
 
 def read_bin(path: str | Path) -> BinPack:
-    """Read a ``.bin`` pack safely; errors name the file and the problem."""
+    """Read a ``.bin`` pack safely (nothing in the file runs); errors name the file and the problem."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(path, "no such file")
+        raise UserError(path, "no such file" if not path.exists() else "not a file")
     try:
-        obj = safe_load(path)
+        obj = _unpickle(path)
     except RefusedPickle as err:
         raise UserError(path, f"refused: {err}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            MemoryError) as err:
+    except READ_ERRORS as err:
         raise UserError(path, f"not a readable verification pack ({type(err).__name__}: {str(err)[:160]})") from None
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
-        raise UserError(path, "expected a pickled (bins, issame) pair")
+        raise UserError(path, "not a verification pack: expected a pickled (bins, issame) pair")
     bins, issame = obj
-    if not isinstance(bins, (list, tuple)) or not isinstance(issame, (list, tuple, np.ndarray)):
-        raise UserError(path, "expected (list of images, list of booleans)")
+    if not isinstance(bins, (list, tuple)):
+        raise UserError(path, f"not a verification pack: bins is a {type(bins).__name__}, expected a list of images")
+    if isinstance(issame, np.ndarray):
+        if issame.dtype != np.bool_ or issame.ndim != 1:
+            raise UserError(path, f"issame is a {issame.dtype} array of shape {list(issame.shape)}, expected booleans")
+        issame = issame.tolist()
+    if not isinstance(issame, (list, tuple)):
+        raise UserError(path, f"not a verification pack: issame is a {type(issame).__name__}, expected booleans")
+    if not issame:
+        raise UserError(path, "the pack holds no pairs")
     if len(bins) != 2 * len(issame):
         raise UserError(path, f"{len(bins)} images for {len(issame)} pairs (expected {2 * len(issame)})")
-    if not all(isinstance(v, (bool, np.bool_)) or v in (0, 1) for v in issame):
-        raise UserError(path, "issame holds values that are not booleans")
-    return BinPack(path, list(bins), np.asarray(issame, dtype=bool))
+    bad = next((i for i, v in enumerate(issame) if not _is_flag(v)), None)
+    if bad is not None:
+        raise UserError(path, f"issame[{bad}] is a {type(issame[bad]).__name__}, not a boolean")
+    for i, blob in enumerate(bins):
+        if not isinstance(blob, (bytes, bytearray, str)) and not (
+                isinstance(blob, np.ndarray) and blob.dtype == np.uint8):
+            kind = f"{blob.dtype} array" if isinstance(blob, np.ndarray) else type(blob).__name__
+            raise UserError(path, f"image {i}: a {kind}, expected encoded image bytes")
+    return BinPack(path, list(bins), np.asarray([bool(v) for v in issame], dtype=bool))
 
 
-def decode_image(blob, path: str | Path, index: int) -> np.ndarray:
-    """Decode one encoded image to ``[112, 112, 3]`` uint8 RGB, resizing as InsightFace does if needed."""
+def _buffer(blob: Any) -> np.ndarray | None:
     if isinstance(blob, np.ndarray):
-        buf = np.ascontiguousarray(blob.reshape(-1)).view(np.uint8) if blob.dtype == np.uint8 else None
-    elif isinstance(blob, (bytes, bytearray)):
-        buf = np.frombuffer(blob, dtype=np.uint8)
-    elif isinstance(blob, str):  # a Python-2 str read without encoding='bytes'
-        buf = np.frombuffer(blob.encode("latin1"), dtype=np.uint8)
-    else:
-        buf = None
+        return np.ascontiguousarray(blob.reshape(-1)) if blob.dtype == np.uint8 else None
+    if isinstance(blob, (bytes, bytearray)):
+        return np.frombuffer(blob, dtype=np.uint8)
+    if isinstance(blob, str):  # a Python-2 str decoded as latin-1 keeps its bytes
+        try:
+            return np.frombuffer(blob.encode("latin1"), dtype=np.uint8)
+        except UnicodeEncodeError:
+            return None
+    return None
+
+
+def decode_image(blob: Any, path: str | Path, index: int) -> np.ndarray:
+    """Decode one encoded image to ``[112, 112, 3]`` uint8 RGB, resizing as InsightFace does if needed.
+
+    InsightFace resizes an image whose width is not 112 to a short side of 112 with bicubic
+    interpolation; for the square images a pack holds that is a bicubic resize to 112x112. A
+    non-square image would not fit InsightFace's ``[3, 112, 112]`` tensor, so it is an error here.
+    """
+    buf = _buffer(blob)
     if buf is None:
         raise UserError(path, f"image {index}: not encoded image bytes ({type(blob).__name__})")
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
     if bgr is None:
         raise UserError(path, f"image {index}: cannot be decoded (corrupt or not an image)")
-    if bgr.shape[1] != IMAGE_SIZE or bgr.shape[0] != IMAGE_SIZE:
+    height, width = bgr.shape[:2]
+    if height != width:
+        raise UserError(path, f"image {index}: {width}x{height} is not square (InsightFace packs hold "
+                        f"{IMAGE_SIZE}x{IMAGE_SIZE} aligned faces)")
+    if width != IMAGE_SIZE:
         bgr = cv2.resize(bgr, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_CUBIC)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def normalize(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]`` in [-1, 1]: ``(v/255 - 0.5)/0.5``."""
-    x = rgb.astype(np.float32) / 255.0
-    x = (x - 0.5) / 0.5
+    """uint8 RGB ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]`` in [-1, 1]: ``(v/255 - 0.5)/0.5``.
+
+    The same float32 operations in the same order as InsightFace, so the inputs are bit-identical.
+    """
+    x = rgb.astype(np.float32) / np.float32(255.0)
+    x = (x - np.float32(0.5)) / np.float32(0.5)
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))

@@ -1,0 +1,176 @@
+"""eval/verify.py: printed lines, --json, results.txt merging and published rows, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval.results import find_known, read_results
+from eval.verify import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "eval" / "verify.py"), *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+def write_embeddings(folder: Path, pairs: int = 60, seed: int = 0, noise: float = 1.0) -> tuple[Path, Path]:
+    rng = np.random.default_rng(seed)
+    issame = rng.random(pairs) < 0.5
+    base = rng.normal(size=(pairs, 32))
+    emb = np.repeat(base, 2, axis=0)
+    emb[1::2] = np.where(issame[:, None], base + noise * rng.normal(size=base.shape), rng.normal(size=base.shape))
+    np.save(folder / f"e{seed}.npy", emb.astype(np.float32))
+    np.save(folder / f"i{seed}.npy", issame)
+    return folder / f"e{seed}.npy", folder / f"i{seed}.npy"
+
+
+def test_model_run_prints_insightface_lines_and_compares_backends(r18_files, small_lfw, tmp_path, capsys):
+    results, out_json = tmp_path / "results.txt", tmp_path / "out.json"
+    assert main(["--weights", str(r18_files["pdparams"]), "--data", str(small_lfw), "--compare", "torch",
+                 "--batch-size", "20", "--threads", "2", "--cache-dir", str(r18_files["cache"]), "--no-progress",
+                 "--results", str(results), "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"\[small_lfw\]\[0\]XNorm: \d+\.\d{6}", printed[0])
+    assert re.fullmatch(r"\[small_lfw\]\[0\]Accuracy: \d\.\d{5}\+-\d\.\d{5}", printed[1])
+    assert re.fullmatch(r"\[small_lfw\]\[0\]Accuracy-Flip: \d\.\d{5}\+-\d\.\d{5}", printed[2])
+    record = json.loads(out_json.read_text())["small_lfw"]
+    assert record["pairs"] == 10 and len(record["fold_accuracies"]) == 10
+    assert record["accuracy_noflip"] is not None and record["xnorm"] > 0
+    compare = record["compare"]
+    assert compare["backend"] == "torch" and compare["pairs_judged_differently"] == 0
+    assert compare["fold_accuracies"] == record["fold_accuracies"]
+    table = read_results(results)
+    rows = {key[2]: row for key, row in table.rows.items()}
+    assert set(rows) == {"paddle-inference", "torch"}
+    assert rows["paddle-inference"]["small_lfw"] == rows["torch"]["small_lfw"]
+    assert rows["torch"]["note"] == "decisions differ from paddle-inference: small_lfw 0/10"
+
+
+def test_precomputed_rows_merge_and_published_rows_show_the_difference(tmp_path, capsys):
+    e0, i0 = write_embeddings(tmp_path, seed=0)
+    e1, i1 = write_embeddings(tmp_path, seed=1, noise=3.0)
+    results = tmp_path / "results.txt"
+    common = ["--results", str(results), "--published", "ms1mv3_arcface_r50_fp16"]
+    assert main(["--embeddings", str(e0), "--issame", str(i0), "--name", "lfw", *common]) == 0
+    assert main(["--embeddings", str(e0), "--issame", str(i0), "--name", "cplfw", *common]) == 0
+    assert main(["--embeddings", str(e1), "--issame", str(i1), "--name", "lfw", "--results", str(results)]) == 0
+    assert main(["--embeddings", str(e0), "--issame", str(i0), "--name", "lfw", *common]) == 0  # same key again
+    out = capsys.readouterr().out
+    assert "[lfw][0]Accuracy: " in out and "XNorm" not in out.splitlines()[0]
+    text = results.read_text()
+    table = read_results(results)
+    assert table.datasets == ["lfw", "cplfw"]
+    assert len(table.rows) == 2  # the re-run replaced its row; the published rows are re-derived
+    row = table.rows[("embeddings", str(e0), "precomputed", "ms1mv3_arcface_r50_fp16")]
+    measured = float(row["lfw"].split("±")[0])
+    lines = [ln for ln in text.splitlines() if "| published" in ln]
+    assert len(lines) == 2  # InsightFace's lfw/cfp_fp/agedb_30 and the seed project's lfw/cplfw/calfw
+    insightface = next(ln for ln in lines if "InsightFace" in ln)
+    assert f"99.83 ({measured - 99.83:+.3f})" in insightface
+    seed = next(ln for ln in lines if "seed project" in ln)
+    assert "92.867 (" in seed and f"99.80 ({measured - 99.80:+.3f})" in seed
+    assert text.index(str(e0)) < text.index("| published") < text.index(str(e1))
+
+
+def test_results_file_that_is_not_a_table_is_left_alone(tmp_path):
+    e0, i0 = write_embeddings(tmp_path)
+    results = tmp_path / "results.txt"
+    results.write_text("my notes\n")
+    proc = run("--embeddings", str(e0), "--issame", str(i0), "--results", str(results))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(f"error: {results}: ")
+    assert results.read_text() == "my notes\n"
+
+
+@pytest.mark.parametrize("case", ["rows", "few-pairs", "issame-dtype", "nan", "pickle-npy", "unknown-published"])
+def test_bad_precomputed_inputs_end_with_one_line(tmp_path, case):
+    emb = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    issame = np.arange(20) % 2 == 0
+    expected = {"rows": "40 rows for 21 pairs", "few-pairs": "cannot be split into 10 folds",
+                "issame-dtype": "expected [P] booleans", "nan": "NaN", "pickle-npy": "not a readable .npy",
+                "unknown-published": "no model named 'nope'"}[case]
+    extra = []
+    if case == "rows":
+        issame = np.append(issame, True)
+    elif case == "few-pairs":
+        emb, issame = emb[:16], issame[:8]
+    elif case == "issame-dtype":
+        issame = issame.astype(np.float64)
+    elif case == "nan":
+        emb[7, 3] = np.nan
+    elif case == "unknown-published":
+        extra = ["--published", "nope"]
+    np.save(tmp_path / "e.npy", emb)
+    if case == "pickle-npy":
+        np.save(tmp_path / "i.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    else:
+        np.save(tmp_path / "i.npy", issame)
+    out_json = tmp_path / "out.json"
+    proc = run("--embeddings", str(tmp_path / "e.npy"), "--issame", str(tmp_path / "i.npy"), "--json",
+               str(out_json), *extra)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
+    assert "Traceback" not in proc.stderr and not out_json.exists()
+
+
+def test_hostile_pack_in_data_folder_is_refused(r18_files, tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("open('/tmp/should-not-exist-eval-test', 'w')",))
+
+    (tmp_path / "lfw.bin").write_bytes(pickle.dumps(([Boom()], [True])))
+    proc = run("--weights", str(r18_files["onnx"]), "--data", str(tmp_path), "--no-progress")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'lfw.bin'}: refused")
+    assert not Path("/tmp/should-not-exist-eval-test").exists()
+
+
+def test_missing_targets_and_wrong_backend_are_one_line_errors(r18_files, tmp_path):
+    (tmp_path / "agedb_30.bin").write_bytes(b"")
+    proc = run("--weights", str(r18_files["onnx"]), "--data", str(tmp_path), "--targets", "lfw")
+    assert proc.returncode == 2 and "lfw.bin: no such pack (found: agedb_30)" in proc.stderr
+    proc = run("--weights", str(r18_files["onnx"]), "--data", str(tmp_path), "--backend", "paddle")
+    assert proc.returncode == 2 and "an .onnx model runs only with --backend onnx" in proc.stderr
+    proc = run("--weights", str(r18_files["pth"]))
+    assert proc.returncode == 2 and "--weights needs --data" in proc.stderr
+
+
+def test_manifest_matches_by_path_by_hash_and_by_source_hash(tmp_path):
+    manifest = tmp_path / "manifest.json"
+    ckpt = tmp_path / "zoo" / "backbone.pth"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"checkpoint bytes")
+    from converters.checkpoint import sha256_file
+
+    digest = sha256_file(ckpt)
+    manifest.write_text(json.dumps({"models": [
+        {"name": "a", "arch": "r50", "path": "zoo/backbone.pth", "published": []},
+        {"name": "b", "arch": "r18", "path": "elsewhere.pth", "sha256": "f" * 64, "published": []}]}))
+    other = tmp_path / "converted.pdparams"
+    assert find_known(ckpt, digest, "r50", manifest=manifest).name == "a"
+    assert find_known(other, "f" * 64, "r18", manifest=manifest).name == "b"
+    assert find_known(other, "0" * 64, "r50", source_sha256=digest, manifest=manifest).name == "a"
+    assert find_known(other, "0" * 64, "r18", source_sha256=digest, manifest=manifest) is None  # arch differs
+    assert find_known(other, "0" * 64, "r50", manifest=manifest) is None
+
+
+def test_project_manifest_holds_the_published_numbers():
+    from eval.results import load_manifest
+
+    models = {m.name: m for m in load_manifest()}
+    r50 = models["ms1mv3_arcface_r50_fp16"].published
+    assert r50[0]["accuracy"] == {"lfw": 99.83, "cfp_fp": 98.96, "agedb_30": 98.35}
+    assert r50[1]["accuracy"] == {"lfw": 99.8, "cplfw": 92.867, "calfw": 96.017}
+    assert models["glint360k_cosface_r100_fp16_0.1"].published[0]["accuracy"]["cfp_fp"] == 99.29
+    assert models["arcface_paddle_ms1mv2_r50"].published[0]["accuracy"]["cplfw"] == 92.117
+    assert all(m.path for m in load_manifest() if not m.name.startswith("arcface_paddle"))

@@ -1,0 +1,244 @@
+"""Evaluate a face model on InsightFace's verification packs with InsightFace's own protocol.
+
+    python eval/verify.py --weights PATH --data DIR [--arch r50] [--targets lfw,cfp_fp,agedb_30,calfw,cplfw]
+                          [--backend paddle-inference|paddle|torch|onnx] [--compare BACKEND]
+                          [--batch-size N] [--threads N] [--device cpu|gpu]
+                          [--results results.txt] [--json PATH] [--published NAME]
+    python eval/verify.py --embeddings E.npy --issame I.npy [--name NAME] [--results ...] [--json ...]
+
+``--weights`` takes a Paddle ``.pdparams``, a PyTorch ``.pth``/``.pt`` (converted on the fly) or an
+``.onnx`` file; ``--data`` a folder (every ``<name>.bin`` in it, or those ``--targets`` names) or one
+``.bin`` file. Each pack is decoded one batch at a time, embedded with its mirror image and evaluated
+with 10 contiguous folds; InsightFace's log lines and a table are printed, ``--json`` writes every
+number, ``--results`` merges a row per model into a table beside the published accuracy.
+``--embeddings`` evaluates precomputed rows (pair order, ``[2P, D]``, not normalised) without a model.
+Exit codes: 0 done, 2 a problem with an input (one line naming the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import the project from its root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from converters.errors import UserError, run_cli  # noqa: E402
+from eval.embed import BACKENDS, DEFAULT_BATCH_SIZE, DEVICES  # noqa: E402
+
+# InsightFace's usual order; other packs found in --data follow alphabetically
+KNOWN_TARGETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw", "cfp_ff", "vgg2_fp")
+ARCHS = ("r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large")
+log = logging.getLogger("eval.verify")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="verify.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--weights", type=Path, help=".pdparams, .pth/.pt or .onnx")
+    model.add_argument("--arch", choices=ARCHS, help="expected architecture (default: detected from the weights)")
+    model.add_argument("--data", type=Path, help="folder of <name>.bin packs, or one .bin file")
+    model.add_argument("--targets", help="comma-separated pack names (default: every .bin in --data)")
+    model.add_argument("--backend", choices=BACKENDS, help="default paddle-inference (onnx for an .onnx file)")
+    model.add_argument("--compare", choices=BACKENDS, metavar="BACKEND",
+                       help="also embed with this backend and count the pairs judged differently")
+    model.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                       help=f"images per forward pass (default {DEFAULT_BATCH_SIZE}; results do not depend on it)")
+    model.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    model.add_argument("--device", choices=DEVICES, default="cpu", help="default cpu")
+    model.add_argument("--cache-dir", type=Path, help="where exported Paddle Inference / ONNX models are cached "
+                       "(default: a private folder under the system temp dir)")
+    pre = parser.add_argument_group("precomputed embeddings")
+    pre.add_argument("--embeddings", type=Path, help="E.npy: [2P, D] rows in pair order, not normalised")
+    pre.add_argument("--issame", type=Path, help="I.npy: [P] booleans")
+    pre.add_argument("--name", help="name of the set in the output (default: the embeddings file's stem)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--results", type=Path, help="merge a row into this results table (e.g. results.txt)")
+    out.add_argument("--json", type=Path, help="write every number as JSON")
+    out.add_argument("--published", metavar="NAME", help="the weights are this manifest model (compare with "
+                     "its published accuracy even when the file is not recognised)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if (args.weights is None) == (args.embeddings is None):
+        parser.error("give either --weights (with --data) or --embeddings (with --issame)")
+    if args.weights is not None and args.data is None:
+        parser.error("--weights needs --data")
+    if args.embeddings is not None and args.issame is None:
+        parser.error("--embeddings needs --issame")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    return args
+
+
+def find_targets(data: Path, targets: str | None) -> list[Path]:
+    """The packs to evaluate: ``--data`` itself if it is a file, else ``<data>/<name>.bin``."""
+    if data.is_file():
+        if targets:
+            raise UserError(data, "--targets needs --data to be a folder, not a file")
+        return [data]
+    if not data.is_dir():
+        raise UserError(data, "no such folder")
+    if targets:
+        paths = [data / f"{name.strip()}.bin" for name in targets.split(",") if name.strip()]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise UserError(missing[0], f"no such pack (found: {', '.join(sorted(p.stem for p in data.glob('*.bin'))) or 'none'})")
+        return paths
+    found = {p.stem: p for p in data.glob("*.bin") if p.is_file()}
+    if not found:
+        raise UserError(data, "no .bin verification packs in this folder")
+    order = [n for n in KNOWN_TARGETS if n in found] + sorted(n for n in found if n not in KNOWN_TARGETS)
+    return [found[n] for n in order]
+
+
+def load_precomputed(args: argparse.Namespace):
+    """Read ``--embeddings``/``--issame`` (``np.load`` without pickles) and check their shapes."""
+    import numpy as np
+
+    arrays = []
+    for path in (args.embeddings, args.issame):
+        try:
+            arrays.append(np.load(path, allow_pickle=False))
+        except FileNotFoundError:
+            raise UserError(path, "no such file") from None
+        except (ValueError, OSError, EOFError) as err:
+            raise UserError(path, f"not a readable .npy array ({str(err)[:160]})") from None
+    emb, issame = arrays
+    if emb.ndim != 2 or emb.dtype.kind not in "fiu":
+        raise UserError(args.embeddings, f"expected a [2P, D] numeric array, found {emb.dtype} {list(emb.shape)}")
+    if issame.ndim != 1 or not (issame.dtype == bool or (issame.dtype.kind in "iu" and np.isin(issame, (0, 1)).all())):
+        raise UserError(args.issame, f"expected [P] booleans, found {issame.dtype} {list(issame.shape)}")
+    if emb.shape[0] != 2 * len(issame):
+        raise UserError(args.embeddings, f"{emb.shape[0]} rows for {len(issame)} pairs (expected {2 * len(issame)})")
+    return emb, issame.astype(bool)
+
+
+def run_precomputed(args: argparse.Namespace) -> tuple[dict, dict, list]:
+    from eval.protocol import evaluate
+    from eval.results import find_known
+
+    emb, issame = load_precomputed(args)
+    name = args.name or args.embeddings.stem
+    try:
+        result = evaluate(emb, issame)
+    except ValueError as err:
+        raise UserError(args.embeddings, str(err)) from None
+    known = find_known(args.embeddings, "", None, None, args.published) if args.published else None
+    rows = [(("embeddings", str(args.embeddings), "precomputed", known.name if known else ""), {name: result}, "")]
+    return {name: result}, {}, rows
+
+
+def run_model(args: argparse.Namespace) -> tuple[dict, dict, list]:
+    from converters.runtime import set_threads
+
+    threads = set_threads(args.threads)
+    from eval.binfile import read_bin
+    from eval.embed import embed_pack, load_weights, make_embedder
+    from eval.protocol import decisions_differ, evaluate_flip
+    from eval.results import differ_note, find_known
+
+    packs = find_targets(args.data, args.targets)
+    source = load_weights(args.weights, args.arch)
+    backend = args.backend or ("onnx" if source.kind == "onnx" else "paddle-inference")
+    if args.compare == backend:
+        raise UserError(None, f"--compare {args.compare} is the backend being evaluated; choose another")
+    meta_sha = source.paddle_weights.meta.get("source_sha256") if source.paddle_weights is not None else None
+    known = find_known(args.weights, source.sha256, source.arch, meta_sha, args.published)
+    log.info("%s: %s, %d-d embedding, sha256 %s...; backend %s%s, %d threads, batch %d", args.weights,
+             source.label, source.num_features, source.sha256[:16], backend,
+             f" (compared with {args.compare})" if args.compare else "", threads, args.batch_size)
+    embedders = [make_embedder(source, backend, threads, args.device, args.cache_dir)]
+    if args.compare:
+        embedders.append(make_embedder(source, args.compare, threads, args.device, args.cache_dir))
+    source.release()
+
+    results: dict = {}
+    compared: dict = {}
+    extra: dict = {}
+    counts = []
+    for path in packs:
+        pack = read_bin(path)
+        runs = []
+        for embedder in embedders:
+            emb = embed_pack(pack, embedder, args.batch_size, flip=True, progress=not args.no_progress)
+            try:
+                runs.append(evaluate_flip(emb.original, emb.flipped, pack.issame))
+            except ValueError as err:
+                raise UserError(path, str(err)) from None
+            log.info("%s [%s]: %d images in %.1f s (model %.1f s, decoding %.1f s)", pack.name, embedder.name,
+                     len(pack), emb.model_seconds + emb.decode_seconds, emb.model_seconds, emb.decode_seconds)
+        results[pack.name] = runs[0]
+        for line in _lines(pack.name, runs[0]):
+            print(line, flush=True)
+        if len(runs) > 1:
+            compared[pack.name] = runs[1]
+            differ = decisions_differ(runs[0], runs[1])
+            counts.append((pack.name, differ, pack.pairs))
+            extra[pack.name] = {"compare": {"backend": args.compare, **_brief(runs[1]), "pairs_judged_differently": differ}}
+    weights = str(args.weights)
+    known_name = known.name if known else ""
+    rows = [((source.label, weights, backend, known_name), results, "")]
+    if compared:
+        rows.append(((source.label, weights, args.compare, known_name), compared, differ_note(backend, counts)))
+    return results, extra, rows
+
+
+def _lines(name: str, result) -> list[str]:
+    from eval.results import insightface_lines
+
+    return insightface_lines(name, result)
+
+
+def _brief(result) -> dict:
+    return {"accuracy": result.accuracy, "accuracy_std": result.accuracy_std,
+            "fold_accuracies": [float(v) for v in result.fold_accuracies],
+            "thresholds": [float(v) for v in result.thresholds], "xnorm": result.xnorm}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from converters.runtime import quiet_paddle_import
+
+    quiet_paddle_import()
+    from eval.results import accuracy_cell, read_results, summary_table, write_json
+
+    table = read_results(args.results) if args.results else None  # a bad results file fails before the work
+    if args.embeddings is not None:
+        results, extra, rows = run_precomputed(args)
+        for name, result in results.items():
+            for line in _lines(name, result):
+                print(line)
+    else:
+        results, extra, rows = run_model(args)
+    differ = {n: e["compare"]["pairs_judged_differently"] for n, e in extra.items()} if extra else None
+    print(summary_table(results, differ))
+    if args.json:
+        write_json(args.json, results, extra)
+        log.info("wrote %s", args.json)
+    if table is not None:
+        for key, row_results, note in rows:
+            table.add(key, {n: accuracy_cell(r) for n, r in row_results.items()},
+                      {n: r.xnorm for n, r in row_results.items() if r.xnorm is not None}, note)
+        table.write(args.results)
+        log.info("wrote %s", args.results)
+    log.info("peak RSS %.0f MB%s", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _rss_split())
+    return 0
+
+
+def _rss_split() -> str:
+    """Current anonymous vs file-backed resident memory (Linux): shared library pages count in RSS too."""
+    try:
+        fields = dict(ln.split(":", 1) for ln in Path("/proc/self/status").read_text().splitlines() if ":" in ln)
+        anon, file = (int(fields[k].split()[0]) / 1024 for k in ("RssAnon", "RssFile"))
+    except (OSError, KeyError, ValueError):
+        return ""
+    return f" (now {anon:.0f} MB anonymous, {file:.0f} MB file-backed)"
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main())
