@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
-from torch_reference.iresnet import IRESNET_LAYERS
-from torch_reference.mobilefacenet import MBF_VARIANTS
+from torch_reference.specs import IRESNET_LAYERS, MBF_VARIANTS
 
 from .errors import UserError
 

@@ -6,16 +6,17 @@ import os
 import warnings
 
 
-def set_threads(threads: int | None = None, paddle: bool = True) -> int:
-    """Use ``threads`` CPU threads (default: all cores) in torch and (if ``paddle``) Paddle; returns the count.
+def set_threads(threads: int | None = None, paddle: bool = True, torch: bool = True) -> int:
+    """Use ``threads`` CPU threads (default: all cores) in the frameworks asked for; returns the count.
 
     ``import paddle`` sets ``OMP_NUM_THREADS=1`` when it is unset, which leaves Paddle single-threaded
     (about 1.7x slower on two cores), so the count is set through both frameworks' APIs after import.
     """
     n = int(threads or os.cpu_count() or 1)
-    import torch
+    if torch:  # importing torch costs ~2 s and ~200 MB: callers that do not need it say so
+        import torch as torch_module
 
-    torch.set_num_threads(n)
+        torch_module.set_num_threads(n)
     if paddle:  # importing Paddle costs ~2 s and ~300 MB: callers that do not need it say so
         quiet_paddle_import()
         import paddle as paddle_module

@@ -192,7 +192,11 @@ class TorchEmbedder(Embedder):
 
     name = "torch"
 
-    def __init__(self, model: Any, device: str = "cpu"):
+    def __init__(self, model: Any, device: str = "cpu", threads: int | None = None):
+        import torch
+
+        if threads:  # torch may have been imported after Paddle set OMP_NUM_THREADS=1
+            torch.set_num_threads(threads)
         self.device = "cuda" if device == "gpu" else "cpu"
         self.model = model.to(self.device).eval()
 
@@ -318,7 +322,7 @@ def make_embedder(source: ModelSource, backend: str, threads: int, device: str =
     if backend == "torch":
         from converters.models import torch_model
 
-        return TorchEmbedder(torch_model(source.arch, source.torch_state(), source.num_features), device)
+        return TorchEmbedder(torch_model(source.arch, source.torch_state(), source.num_features), device, threads)
     import paddle
 
     if backend == "paddle":

@@ -15,14 +15,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-# blocks per stage, keyed by registry name
-IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
-    "r18": (2, 2, 2, 2),
-    "r34": (3, 4, 6, 3),
-    "r50": (3, 4, 14, 3),
-    "r100": (3, 13, 30, 3),
-    "r200": (6, 26, 60, 6),
-}
+from .specs import IRESNET_LAYERS
+
 STAGE_WIDTHS = (64, 128, 256, 512)
 FC_SCALE = 7 * 7  # spatial size of the last feature map
 

@@ -11,11 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-# (blocks, scale) keyed by registry name
-MBF_VARIANTS: dict[str, tuple[tuple[int, int, int, int], int]] = {
-    "mbf": ((1, 4, 6, 2), 2),
-    "mbf_large": ((2, 8, 12, 4), 4),
-}
+from .specs import MBF_VARIANTS
 
 
 class ConvBlock(nn.Module):
