@@ -74,12 +74,14 @@ def test_stop_and_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path, small
 
 def test_resume_after_sigkill_between_checkpoints_is_exact(tmp_path, small_dataset_rec):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    train(*FAST, "--output", straight, "--max-steps", 9)
-    proc = subprocess.Popen([*TRAIN, *FAST, "--output", str(killed), "--max-steps", "9"], cwd=ROOT,
+    # batch 2: five steps per epoch, so checkpoints come at steps 3 (save_every), 5 (epoch end), 6, 9
+    config = [*FAST, "batch_size=2"]
+    train(*config, "--output", straight, "--max-steps", 9)
+    proc = subprocess.Popen([*TRAIN, *config, "--output", str(killed), "--max-steps", "9"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 600
-        while time.time() < deadline:  # kill once step 4 is logged: after the step-3 checkpoint
+        while time.time() < deadline:  # kill once step 4 is logged: after the step-3 checkpoint, before 5
             path = killed / "metrics.jsonl"
             if path.exists() and len(path.read_text().splitlines()) >= 4:
                 break
@@ -90,7 +92,7 @@ def test_resume_after_sigkill_between_checkpoints_is_exact(tmp_path, small_datas
     assert proc.returncode == -signal.SIGKILL
     state = safe_load(killed / "checkpoint_rank0.pdckpt")
     assert state["step"] == 3 and not (killed / "checkpoint_rank0.pdckpt.tmp").exists()
-    train(*FAST, "--output", killed, "--max-steps", 9, "--resume")
+    train(*config, "--output", killed, "--max-steps", 9, "--resume")
     assert (straight / "model.pdparams").read_bytes() == (killed / "model.pdparams").read_bytes()
     assert [r["step"] for r in metrics(killed)] == list(range(1, 10))  # the killed run's extra lines dropped
 
