@@ -46,3 +46,22 @@ def library_versions() -> dict[str, str]:
         except ImportError:
             continue
     return versions
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process image in MiB.
+
+    Linux's ``VmHWM`` belongs to the current program: ``ru_maxrss`` would also count the pages the process
+    held before ``exec`` (a child forked from a large parent starts that large), which inflates the
+    numbers benchmarks read from freshly started commands.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 import sys
 from pathlib import Path
 
@@ -230,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                       {n: r.xnorm for n, r in row_results.items() if r.xnorm is not None}, note)
         table.write(args.results)
         log.info("wrote %s", args.results)
-    log.info("peak RSS %.0f MB%s", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _rss_split())
+    from converters.runtime import peak_rss_mb
+
+    log.info("peak RSS %.0f MB%s", peak_rss_mb(), _rss_split())
     return 0
 
 
