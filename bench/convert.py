@@ -22,6 +22,13 @@ sys.path.insert(0, str(ROOT))
 
 
 def make_sources(arch: str, folder: Path) -> dict[str, Path]:
+    """Write fp32 and fp16 demo checkpoints, in a child process: this process must stay small, because
+    a forked child starts with its parent's resident pages and ``ru_maxrss`` would count them."""
+    subprocess.run([sys.executable, __file__, "--make-sources", str(folder), "--archs", arch], check=True)
+    return {"fp32": folder / f"{arch}-fp32.pth", "fp16": folder / f"{arch}-fp16.pth"}
+
+
+def write_sources(arch: str, folder: Path) -> None:
     import torch
 
     from converters.demo import demo_state_dict
@@ -32,7 +39,6 @@ def make_sources(arch: str, folder: Path) -> dict[str, Path]:
     paths = {"fp32": folder / f"{arch}-fp32.pth", "fp16": folder / f"{arch}-fp16.pth"}
     torch.save(fp32, paths["fp32"])
     torch.save(fp16, paths["fp16"])
-    return paths
 
 
 def run(argv: list[str]) -> tuple[float, float, int]:
@@ -51,7 +57,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", default="r50,r100")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case; the fastest is reported")
+    parser.add_argument("--make-sources", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make_sources:
+        write_sources(args.archs, args.make_sources)
+        return
     from tabulate import tabulate
 
     rows = []

@@ -126,3 +126,39 @@ def test_float64_training_steps_equal_insightface_loop(sample_rate, faces):
     # final bn2 and fc (both shift every sample's embedding equally before the `features` BN)
     assert flagged and all(k.endswith(("bn3.bias", "downsample.1.bias")) or k in ("fc.bias", "bn2.bias")
                            for k in flagged)
+
+
+def test_float64_adamw_steps_equal_insightface_loop(faces):
+    """InsightFace's adamw option: decoupled weight decay on every parameter, features.weight kept at 1.
+
+    Measured: Paddle's AdamW applies the decay coefficient as a float32 attribute (as Momentum does), while
+    beta1, beta2 and epsilon enter in float64 (its beta-power accumulators hold exact powers of 0.9). With
+    float32-rounded betas in the reference the weights differ by ~1e-8 from step 2 on; with an unrounded
+    decay, by ~1e-12."""
+    arrays = demo_state_dict("r18", seed=6, batches=1)
+    config = TrainConfig(network="r18", num_classes=CLASSES, num_image=20, batch_size=4, rec="synthetic",
+                         optimizer="adamw", lr=0.001, weight_decay=0.1)
+    labels = np.random.default_rng(4).integers(0, CLASSES, size=(3, 4))
+    previous = paddle.get_default_dtype()
+    paddle.set_default_dtype("float64")
+    try:
+        backbone = paddle_model("r18", torch_to_paddle(arrays, "r18", 512, "demo"), dtype="float64")
+        trainer = Trainer(config, backbone, total_steps=10, warmup_steps=0)
+    finally:
+        paddle.set_default_dtype(previous)
+    reference_pfc = TorchPartialFC(TorchMargin(64.0, 1.0, 0.5, 0.0), 512, CLASSES).double()
+    with torch.no_grad():
+        reference_pfc.weight.copy_(torch.from_numpy(trainer.pfc.weight.numpy()))
+    loop = InsightFaceLoop(torch_model("r18", arrays, dtype="float64"), reference_pfc, lr=0.001,
+                           weight_decay=f32(0.1), warmup_steps=0, total_steps=10, optimizer="adamw",
+                           betas=(0.9, 0.999), eps=1e-8)
+    for step in range(3):
+        x = faces[4 * step: 4 * step + 4].astype(np.float64)
+        result = trainer.train_step(paddle.to_tensor(x), paddle.to_tensor(labels[step]))
+        loss = loop.train_step(torch.from_numpy(x), torch.from_numpy(labels[step]))
+        assert abs(result.loss - loss) / abs(loss) <= GATE
+        t_state, p_state = loop.backbone.state_dict(), trainer.backbone.state_dict()
+        for t_key, p_key, to_torch in parameter_pairs("r18"):
+            assert rel(to_torch(p_state[p_key].numpy()), t_state[t_key].numpy()) <= GATE, f"step {step + 1}: {t_key}"
+        assert rel(trainer.pfc.weight.numpy(), loop.pfc.weight.detach().numpy()) <= GATE
+        assert np.all(p_state["features.weight"].numpy() == 1.0)

@@ -2,7 +2,8 @@
 
 Per iteration: global_step += 1; loss = pfc(backbone(images), labels); loss.backward(); every
 ``gradient_acc`` iterations clip the backbone gradients to total norm ``max_norm``, SGD(momentum 0.9,
-coupled weight decay) step over [backbone, pfc] parameter groups, zero_grad; then the schedule steps.
+coupled weight decay) or AdamW step over [backbone, pfc] parameter groups, zero_grad; then the schedule
+steps.
 (InsightFace's DDP also rounds backbone gradients to float16 for the all-reduce; a single-process float64
 reference has no such rounding, and neither has this project's Paddle loop.)
 """
@@ -19,11 +20,15 @@ from .lr_scheduler import PolynomialLRWarmup
 class InsightFaceLoop:
     def __init__(self, backbone: torch.nn.Module, pfc: torch.nn.Module, lr: float, weight_decay: float,
                  warmup_steps: int, total_steps: int, max_norm: float = 5.0, gradient_acc: int = 1,
-                 momentum: float = 0.9):
+                 momentum: float = 0.9, optimizer: str = "sgd", betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
         self.backbone, self.pfc = backbone, pfc
-        self.optimizer = torch.optim.SGD([{"params": [p for p in backbone.parameters() if p.requires_grad]},
-                                          {"params": list(pfc.parameters())}],
-                                         lr=lr, momentum=momentum, weight_decay=weight_decay)
+        groups = [{"params": [p for p in backbone.parameters() if p.requires_grad]},
+                  {"params": list(pfc.parameters())}]
+        if optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        else:  # InsightFace's adamw: torch defaults, decoupled weight decay
+            self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.scheduler = PolynomialLRWarmup(self.optimizer, warmup_steps, total_steps)
         self.max_norm, self.gradient_acc = max_norm, gradient_acc
         self.global_step = 0
