@@ -33,6 +33,9 @@ bench: $(STAMP)
 	$(PYTHON) bench/parity_table.py
 	$(PYTHON) bench/data.py
 	$(PYTHON) bench/partial_fc.py --sparse --steps 2 --out bench/results/partial_fc.png
+	$(PYTHON) bench/eval.py
+	$(PYTHON) bench/train.py
+	$(PYTHON) bench/train_drift.py
 
 # RecordIO against real MXNet 1.9.1 in a separate virtualenv (skipped if MXNet cannot be installed)
 mxnet-check: $(STAMP)

@@ -52,3 +52,15 @@ def test_wrong_arch_message_names_both():
     assert str(err.value) == ("x.pth: --arch mbf expects MobileFaceNet blocks 1-4-6-2 scale 2, but the "
                               "checkpoint is mbf_large (MobileFaceNet blocks 2-8-12-4 scale 4, 512-d embedding)")
     assert resolve_arch(None, info, "x.pth") is info
+
+
+def test_paddle_and_torch_registries_agree():
+    """paddle_models keeps its own copy of the block table (it depends on paddle only); it must not drift."""
+    import paddle_models
+    from paddle_models.iresnet import IRESNET_LAYERS
+    from paddle_models.mobilefacenet import MBF_VARIANTS
+    from torch_reference import specs
+
+    assert paddle_models.MODEL_NAMES == specs.MODEL_NAMES
+    assert IRESNET_LAYERS == specs.IRESNET_LAYERS
+    assert MBF_VARIANTS == specs.MBF_VARIANTS
