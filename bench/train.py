@@ -23,6 +23,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+PHASES = ("backbone forward", "classifier fwd+bwd", "backbone backward", "optimizer")
+
+
+def measure(step, phases, steps: int) -> tuple[float, dict[str, float]]:
+    """Median seconds of ``steps`` whole steps, and of each phase over ``steps`` phase-timed steps."""
+    full = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        full.append(time.perf_counter() - start)
+    timed = [phases() for _ in range(steps)]
+    return statistics.median(full), {name: statistics.median(t[i] for t in timed) for i, name in enumerate(PHASES)}
+
+
 def paddle_side(arch: str, batch: int, classes: int, steps: int):
     import paddle
 
@@ -37,14 +51,8 @@ def paddle_side(arch: str, batch: int, classes: int, steps: int):
     x = paddle.to_tensor(rng.uniform(-1, 1, (batch, 3, 112, 112)).astype("float32"))
     y = paddle.to_tensor(rng.integers(0, classes, batch))
     trainer.train_step(x, y)  # warm-up
-    full = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        trainer.train_step(x, y)
-        full.append(time.perf_counter() - start)
 
-    phases = {"backbone forward": [], "classifier fwd+bwd": [], "backbone backward": [], "optimizer": []}
-    for _ in range(steps):
+    def phases():
         t0 = time.perf_counter()
         emb = trainer.backbone(x)
         t1 = time.perf_counter()
@@ -57,10 +65,9 @@ def paddle_side(arch: str, batch: int, classes: int, steps: int):
         trainer.clip_backbone_grads(5.0)
         trainer.optimizer.step()
         trainer.optimizer.clear_grad()
-        t4 = time.perf_counter()
-        for key, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            phases[key].append(value)
-    return statistics.median(full), {k: statistics.median(v) for k, v in phases.items()}
+        return t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3
+
+    return measure(lambda: trainer.train_step(x, y), phases, steps)
 
 
 def torch_side(arch: str, batch: int, classes: int, steps: int):
@@ -78,15 +85,9 @@ def torch_side(arch: str, batch: int, classes: int, steps: int):
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.uniform(-1, 1, (batch, 3, 112, 112)).astype("float32"))
     y = torch.from_numpy(rng.integers(0, classes, batch))
-    loop.train_step(x, y)
-    full = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        loop.train_step(x, y)
-        full.append(time.perf_counter() - start)
+    loop.train_step(x, y)  # warm-up
 
-    phases = {"backbone forward": [], "classifier fwd+bwd": [], "backbone backward": [], "optimizer": []}
-    for _ in range(steps):
+    def phases():
         t0 = time.perf_counter()
         emb = backbone(x)
         t1 = time.perf_counter()
@@ -98,10 +99,9 @@ def torch_side(arch: str, batch: int, classes: int, steps: int):
         torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5.0)
         loop.optimizer.step()
         loop.optimizer.zero_grad()
-        t4 = time.perf_counter()
-        for key, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            phases[key].append(value)
-    return statistics.median(full), {k: statistics.median(v) for k, v in phases.items()}
+        return t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3
+
+    return measure(lambda: loop.train_step(x, y), phases, steps)
 
 
 def main() -> None:
