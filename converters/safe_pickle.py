@@ -67,16 +67,16 @@ def safe_loads(data: bytes, encoding: str = "ASCII") -> Any:
     return obj
 
 
-def safe_load(path: str | Path) -> Any:
-    """Unpickle a file with the allow-list, retrying Python-2 pickles with ``encoding='bytes'``.
+def safe_load(path: str | Path, allowed: frozenset[tuple[str, str]] = NUMPY_GLOBALS) -> Any:
+    """Unpickle a file with the ``allowed`` globals, retrying Python-2 pickles with ``encoding='bytes'``.
 
     The file is streamed, not read into memory first, so arrays are the only copy of the data.
     """
     with open(path, "rb") as fh:
         try:
-            obj = RestrictedUnpickler(fh).load()
-        except UnicodeDecodeError:
+            obj = RestrictedUnpickler(fh, allowed).load()
+        except UnicodeDecodeError:  # a Python-2 pickle (e.g. an old .bin pack, whose str objects are bytes)
             fh.seek(0)
-            obj = RestrictedUnpickler(fh, encoding="bytes").load()
+            obj = RestrictedUnpickler(fh, allowed, encoding="bytes").load()
     _reject_object_arrays(obj)
     return obj

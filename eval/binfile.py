@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from converters.errors import UserError
-from converters.safe_pickle import RefusedPickle, RestrictedUnpickler
+from converters.safe_pickle import RefusedPickle, safe_load
 
 IMAGE_SIZE = 112
 # what a pack's pickle may name: numpy arrays (the images of build_eval_pack.py packs), numpy bools (in
@@ -59,11 +59,6 @@ class BinPack:
         """Image ``index`` as ``[112, 112, 3]`` uint8 RGB."""
         return decode_image(self.bins[index], self.path, index)
 
-    def iter_rgb(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-        """Decoded images ``start..stop`` one at a time, each ``[112, 112, 3]`` uint8 RGB."""
-        for i in range(start, len(self) if stop is None else stop):
-            yield self.decode(i)
-
     def iter_batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
         """``(start, images)`` with images ``[B, 112, 112, 3]`` uint8 RGB; only one batch is decoded at a time."""
         for start in range(0, len(self), batch_size):
@@ -72,15 +67,6 @@ class BinPack:
             for j, i in enumerate(range(start, stop)):
                 batch[j] = self.decode(i)
             yield start, batch
-
-
-def _unpickle(path: Path) -> Any:
-    with open(path, "rb") as fh:
-        try:
-            return RestrictedUnpickler(fh, allowed=PACK_GLOBALS).load()
-        except UnicodeDecodeError:  # a Python-2 pack: its str objects are the JPEG bytes
-            fh.seek(0)
-            return RestrictedUnpickler(fh, allowed=PACK_GLOBALS, encoding="bytes").load()
 
 
 def _is_flag(value: Any) -> bool:
@@ -93,7 +79,7 @@ def read_bin(path: str | Path) -> BinPack:
     if not path.is_file():
         raise UserError(path, "no such file" if not path.exists() else "not a file")
     try:
-        obj = _unpickle(path)
+        obj = safe_load(path, PACK_GLOBALS)
     except RefusedPickle as err:
         raise UserError(path, f"refused: {err}") from None
     except READ_ERRORS as err:

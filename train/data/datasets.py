@@ -15,7 +15,7 @@ from eval.binfile import normalize
 
 from .folders import list_images, read_image_file
 from .layout import read_layout
-from .recordio import RecordReader, pack_paths, require_class_id
+from .recordio import RecordReader, require_class_id
 from .transforms import TrainTransform
 
 
@@ -35,10 +35,8 @@ class RecordDataset(_EncodedImages):
 
     def __init__(self, root: str | Path, transform: TrainTransform | None = None):
         super().__init__(transform)
-        self.root = Path(root)
-        self.reader = RecordReader(*pack_paths(self.root))
-        self.layout = read_layout(self.reader)
-        self.image_keys = self.layout.image_keys
+        self.reader = RecordReader.open(root)
+        self.image_keys = read_layout(self.reader).image_keys
 
     def __len__(self) -> int:
         return len(self.image_keys)

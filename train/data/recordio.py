@@ -378,7 +378,6 @@ class RecordWriter:
         self._rec = open(self.rec_path, "wb")  # noqa: SIM115 (closed in close())
         self._idx = open(self.idx_path, "w", encoding="ascii", newline="\n")  # noqa: SIM115
         self.offset = 0
-        self.count = 0
 
     def write(self, key: int, data: bytes) -> int:
         """Append logical record ``data`` under ``key`` (unique, non-negative); returns its offset."""
@@ -392,7 +391,6 @@ class RecordWriter:
         self._rec.write(encoded)
         self._idx.write(f"{key}\t{offset}\n")
         self.offset += len(encoded)
-        self.count += 1
         return offset
 
     def write_image(self, key: int, label: float | Sequence[float], payload: bytes = b"",

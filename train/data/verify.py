@@ -60,7 +60,6 @@ class _Scan:
     flags: array = field(default_factory=lambda: array("q"))  # -1: IRHeader unreadable
     label0: array = field(default_factory=lambda: array("d"))  # label, or label[0] when multi-label
     label1: array = field(default_factory=lambda: array("d"))  # label[1] when flag >= 2, else nan
-    payload: array = field(default_factory=lambda: array("q"))  # payload bytes after header and labels
     split: int = 0
     corrupt: set = field(default_factory=set)  # offsets where a record could not be read
 
@@ -117,19 +116,17 @@ def _scan(buf, size: int, where, problems: _Problems, progress: bool) -> _Scan:
         scan.offsets.append(pos)
         scan.split += parts > 1
         try:
-            header, payload = decode_record(data)
+            header, _ = decode_record(data)
         except ValueError as err:
             problems.add("header", f"{where(pos)}: {err}")
             scan.flags.append(-1)
             scan.label0.append(math.nan)
             scan.label1.append(math.nan)
-            scan.payload.append(0)
         else:
             labels = header.label if isinstance(header.label, tuple) else (header.label,)
             scan.flags.append(header.flag)
             scan.label0.append(labels[0])
             scan.label1.append(labels[1] if len(labels) > 1 else math.nan)
-            scan.payload.append(len(payload))
         bar.update(end - pos)
         pos = end
     bar.close()
