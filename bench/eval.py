@@ -31,7 +31,6 @@ if __package__ in (None, ""):  # run as a script: import the project from its ro
 from converters.errors import run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ("paddle-inference", "paddle", "torch", "onnx")
 
 
 def demo_weights(arch: str, work: Path) -> Path:
@@ -59,7 +58,7 @@ def backend_rows(arch: str, weights: Path, threads: int, batches: int, cache: Pa
     import numpy as np
 
     from converters.inputs import seeded_images
-    from eval.embed import load_weights, make_embedder
+    from eval.embed import BACKENDS, load_weights, make_embedder
 
     rows = []
     for backend, batch in [*((b, 32) for b in BACKENDS), ("paddle-inference", 16), ("paddle-inference", 64)]:

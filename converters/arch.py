@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
-from torch_reference.specs import IRESNET_LAYERS, MBF_VARIANTS
+from torch_reference.specs import IRESNET_LAYERS, MBF_VARIANTS, MODEL_NAMES
 
 from .errors import UserError
 
@@ -83,8 +83,7 @@ def resolve_arch(requested: str | None, detected: ArchInfo, path: str | Path, op
     """Check a user's ``--arch`` (or another ``option`` naming an architecture) against the checkpoint."""
     if requested is None or requested == detected.name:
         return detected
-    if requested not in IRESNET_LAYERS and requested not in MBF_VARIANTS:
-        raise UserError(None, f"{option} {requested}: unknown architecture (known: "
-                        f"{', '.join([*IRESNET_LAYERS, *MBF_VARIANTS])})")
+    if requested not in MODEL_NAMES:
+        raise UserError(None, f"{option} {requested}: unknown architecture (known: {', '.join(MODEL_NAMES)})")
     raise UserError(path, f"{option} {requested} expects {describe(requested)}, but the checkpoint is "
                     f"{detected.name} ({detected.description})")

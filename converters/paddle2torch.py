@@ -20,8 +20,7 @@ if __package__ in (None, ""):  # run as a script: import the project from its ro
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from converters.errors import run_cli  # noqa: E402
-
-ARCHS = ("r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large")
+from torch_reference.specs import MODEL_NAMES  # noqa: E402
 
 
 class CheckFailed(Exception):
@@ -33,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(prog="paddle2torch.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=ARCHS, help="expected architecture (default: detected)")
+    parser.add_argument("--arch", choices=MODEL_NAMES, help="expected architecture (default: detected)")
     parser.add_argument("--src", type=Path, required=True, help="Paddle weights (.pdparams)")
     parser.add_argument("--out", type=Path, required=True, help="PyTorch state_dict to write (.pth)")
     parser.add_argument("--check-against", type=Path, metavar="ORIGINAL.pth",

@@ -20,10 +20,10 @@ if __package__ in (None, ""):  # run as a script: import the project from its ro
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from converters.errors import run_cli  # noqa: E402
+from torch_reference.specs import MODEL_NAMES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights"
-ARCHS = ("r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large")
 
 
 class GateFailed(Exception):
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(prog="torch2paddle.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=ARCHS, help="expected architecture (default: detected; r50 "
+    parser.add_argument("--arch", choices=MODEL_NAMES, help="expected architecture (default: detected; r50 "
                         "for the demo when no checkpoint is given or found)")
     parser.add_argument("--src", type=Path, help="PyTorch checkpoint (.pth/.pt): a state_dict, or a dict "
                         "wrapping one (state_dict, state_dict_backbone, model), DDP prefixes allowed")

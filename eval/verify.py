@@ -27,10 +27,10 @@ if __package__ in (None, ""):  # run as a script: import the project from its ro
 
 from converters.errors import UserError, run_cli  # noqa: E402
 from eval.embed import BACKENDS, DEFAULT_BATCH_SIZE, DEVICES  # noqa: E402
+from torch_reference.specs import MODEL_NAMES  # noqa: E402
 
 # InsightFace's usual order; other packs found in --data follow alphabetically
 KNOWN_TARGETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw", "cfp_ff", "vgg2_fp")
-ARCHS = ("r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large")
 log = logging.getLogger("eval.verify")
 
 
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--weights", type=Path, help=".pdparams, .pth/.pt or .onnx")
-    model.add_argument("--arch", choices=ARCHS, help="expected architecture (default: detected from the weights)")
+    model.add_argument("--arch", choices=MODEL_NAMES, help="expected architecture (default: detected from the weights)")
     model.add_argument("--data", type=Path, help="folder of <name>.bin packs, or one .bin file")
     model.add_argument("--targets", help="comma-separated pack names (default: every .bin in --data)")
     model.add_argument("--backend", choices=BACKENDS, help="default paddle-inference (onnx for an .onnx file)")
@@ -142,7 +142,7 @@ def run_model(args: argparse.Namespace) -> tuple[dict, dict, list]:
     from eval.binfile import read_bin
     from eval.embed import embed_pack, load_weights, make_embedder
     from eval.protocol import decisions_differ, evaluate_flip
-    from eval.results import differ_note, find_known
+    from eval.results import differ_note, find_known, insightface_lines
 
     packs = find_targets(args.data, args.targets)
     source = load_weights(args.weights, args.arch)
@@ -175,13 +175,13 @@ def run_model(args: argparse.Namespace) -> tuple[dict, dict, list]:
             log.info("%s [%s]: %d images in %.1f s (model %.1f s, decoding %.1f s)", pack.name, embedder.name,
                      len(pack), emb.model_seconds + emb.decode_seconds, emb.model_seconds, emb.decode_seconds)
         results[pack.name] = runs[0]
-        for line in _lines(pack.name, runs[0]):
+        for line in insightface_lines(pack.name, runs[0]):
             print(line, flush=True)
         if len(runs) > 1:
             compared[pack.name] = runs[1]
             differ = decisions_differ(runs[0], runs[1])
             counts.append((pack.name, differ, pack.pairs))
-            extra[pack.name] = {"compare": {"backend": args.compare, **_brief(runs[1]), "pairs_judged_differently": differ}}
+            extra[pack.name] = {"compare": {"backend": args.compare, **{k: v for k, v in runs[1].to_json().items() if k in BRIEF_KEYS}, "pairs_judged_differently": differ}}
     weights = str(args.weights)
     known_name = known.name if known else ""
     rows = [((source.label, weights, backend, known_name), results, "")]
@@ -190,16 +190,7 @@ def run_model(args: argparse.Namespace) -> tuple[dict, dict, list]:
     return results, extra, rows
 
 
-def _lines(name: str, result) -> list[str]:
-    from eval.results import insightface_lines
-
-    return insightface_lines(name, result)
-
-
-def _brief(result) -> dict:
-    return {"accuracy": result.accuracy, "accuracy_std": result.accuracy_std,
-            "fold_accuracies": [float(v) for v in result.fold_accuracies],
-            "thresholds": [float(v) for v in result.thresholds], "xnorm": result.xnorm}
+BRIEF_KEYS = ("accuracy", "accuracy_std", "fold_accuracies", "thresholds", "xnorm")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,13 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     from converters.runtime import quiet_paddle_import
 
     quiet_paddle_import()
-    from eval.results import accuracy_cell, read_results, summary_table, write_json
+    from eval.results import accuracy_cell, insightface_lines, read_results, summary_table, write_json
 
     table = read_results(args.results) if args.results else None  # a bad results file fails before the work
     if args.embeddings is not None:
         results, extra, rows = run_precomputed(args)
         for name, result in results.items():
-            for line in _lines(name, result):
+            for line in insightface_lines(name, result):
                 print(line)
     else:
         results, extra, rows = run_model(args)
