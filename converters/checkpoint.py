@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import UserError
-from .safe_pickle import RefusedPickle, safe_load
+from .safe_pickle import load_user_pickle
 
 # wrapper keys under which training scripts store the backbone, most specific first
 WRAPPER_KEYS = ("state_dict_backbone", "state_dict", "model_state_dict", "model", "backbone")
@@ -161,13 +161,7 @@ def read_paddle_weights(path: str | Path) -> PaddleWeights:
     """Read a ``.pdparams`` file through the restricted unpickler (never ``paddle.load``)."""
     path = Path(path)
     _require_file(path)
-    try:
-        obj = safe_load(path)
-    except RefusedPickle as err:
-        raise UserError(path, f"refused: {err}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            MemoryError, UnicodeDecodeError) as err:
-        raise UserError(path, f"not a readable .pdparams file ({type(err).__name__}: {str(err)[:160]})") from None
+    obj = load_user_pickle(path, ".pdparams file")
     if not isinstance(obj, dict):
         raise UserError(path, f"not a Paddle state_dict: the file holds a {type(obj).__name__}")
     meta = obj.get(META_KEY, {})

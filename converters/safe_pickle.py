@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UserError
+
 # (module, name) pairs a weights or image pickle legitimately needs
 NUMPY_GLOBALS = frozenset({
     ("numpy.core.multiarray", "_reconstruct"),
@@ -80,3 +82,19 @@ def safe_load(path: str | Path, allowed: frozenset[tuple[str, str]] = NUMPY_GLOB
             obj = RestrictedUnpickler(fh, allowed, encoding="bytes").load()
     _reject_object_arrays(obj)
     return obj
+
+
+# what unpickling a damaged (truncated, garbled, non-pickle) file raises
+READ_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+               MemoryError, RecursionError)
+
+
+def load_user_pickle(path: str | Path, what: str, allowed: frozenset[tuple[str, str]] = NUMPY_GLOBALS) -> Any:
+    """``safe_load`` for a user's file: a refused or unreadable pickle is a one-line ``UserError`` naming the
+    file and ``what`` it should have been (e.g. ``".pdparams file"``)."""
+    try:
+        return safe_load(path, allowed)
+    except RefusedPickle as err:
+        raise UserError(path, f"refused: {err}") from None
+    except READ_ERRORS as err:
+        raise UserError(path, f"not a readable {what} ({type(err).__name__}: {str(err)[:160]})") from None

@@ -9,7 +9,6 @@ MXNet uses; pixel-identical on the shared sample pack) to RGB, one batch at a ti
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,7 +17,7 @@ import cv2
 import numpy as np
 
 from converters.errors import UserError
-from converters.safe_pickle import RefusedPickle, safe_load
+from converters.safe_pickle import load_user_pickle
 
 IMAGE_SIZE = 112
 # what a pack's pickle may name: numpy arrays (the images of build_eval_pack.py packs), numpy bools (in
@@ -32,9 +31,6 @@ PACK_GLOBALS = frozenset({
     ("numpy", "dtype"),
     ("_codecs", "encode"),
 })
-READ_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-               KeyError, MemoryError, RecursionError)
-
 
 @dataclass
 class BinPack:
@@ -78,12 +74,7 @@ def read_bin(path: str | Path) -> BinPack:
     path = Path(path)
     if not path.is_file():
         raise UserError(path, "no such file" if not path.exists() else "not a file")
-    try:
-        obj = safe_load(path, PACK_GLOBALS)
-    except RefusedPickle as err:
-        raise UserError(path, f"refused: {err}") from None
-    except READ_ERRORS as err:
-        raise UserError(path, f"not a readable verification pack ({type(err).__name__}: {str(err)[:160]})") from None
+    obj = load_user_pickle(path, "verification pack", PACK_GLOBALS)
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
         raise UserError(path, "not a verification pack: expected a pickled (bins, issame) pair")
     bins, issame = obj

@@ -16,7 +16,7 @@ import numpy as np
 
 from converters.checkpoint import atomic_output
 from converters.errors import UserError
-from converters.safe_pickle import RefusedPickle, safe_load
+from converters.safe_pickle import load_user_pickle
 
 FORMAT = "arcface-bridge-train/1"
 
@@ -47,12 +47,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(path, "no checkpoint to resume from")
-    try:
-        state = safe_load(path)
-    except RefusedPickle as err:
-        raise UserError(path, f"refused: {err}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
-        raise UserError(path, f"not a readable training checkpoint ({type(err).__name__})") from None
+    state = load_user_pickle(path, "training checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(path, f"not a training checkpoint of this project (expected format {FORMAT})")
     return state

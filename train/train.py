@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def setup_device(device: str, world_size: int, threads: int | None) -> None:
     from converters.runtime import set_threads
 
-    set_threads(threads or max(1, (os.cpu_count() or 1) // world_size))
+    # torch is needed only to write model.pt (rank 0) or read a .pth --init, neither thread-bound
+    set_threads(threads or max(1, (os.cpu_count() or 1) // world_size), torch=False)
     import paddle
 
     if device == "gpu":
@@ -138,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                             "re-shard the Partial FC (train.partial_fc.reshard) or use the same world size")
         for key in ("network", "embedding_size", "num_classes", "batch_size", "sample_rate", "pfc_update",
                     "optimizer", "num_image"):
-            if state["config"][key] != getattr(config, key) and not (
-                    isinstance(getattr(config, key), tuple) and tuple(state["config"][key]) == getattr(config, key)):
+            if state["config"][key] != getattr(config, key):
                 raise UserError(ckpt_file, f"{key} = {state['config'][key]!r} in the checkpoint, "
                                 f"{getattr(config, key)!r} now")
         from converters.checkpoint import PaddleWeights
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save(epoch: int, batch: int) -> None:
         save_checkpoint(ckpt_file, {
-            "step": trainer.global_step, "epoch": epoch, "batch": batch, "world_size": world_size, "rank": rank,
+            "step": trainer.global_step, "epoch": epoch, "batch": batch, "world_size": world_size,
             "config": config.to_dict(), "backbone": backbone_arrays(backbone), "pfc": trainer.pfc.state_dict(),
             "optimizer": optimizer_state(trainer.optimizer, named),
             "rng": {"pfc_scores": scores.bit_generator.state},
