@@ -22,7 +22,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import the project from its root, not this folder
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -34,22 +33,14 @@ RAW_TARGET = 20_000  # records/s
 DECODE_FACTOR = 4  # decoded samples/s must be at least this many times the r50 training samples/s
 
 
-def face_like_jpeg(rng: np.random.Generator) -> bytes:
-    """A 112x112 JPEG (quality 95) with smooth structure and fine noise, sized like an aligned face crop."""
-    coarse = rng.integers(0, 256, size=(7, 7, 3), dtype=np.uint8)
-    image = cv2.resize(coarse, (112, 112), interpolation=cv2.INTER_CUBIC).astype(np.int16)
-    image += rng.integers(-12, 13, size=image.shape, dtype=np.int16)
-    ok, jpeg = cv2.imencode(".jpg", np.clip(image, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 95])
-    return jpeg.tobytes()
-
-
 def make_pack(folder: Path, images: int, per_class: int = 20, seed: int = 0) -> int:
     """Write a synthetic InsightFace pack of ``images`` JPEGs into ``folder``; returns its .rec size."""
+    from eval.synthetic import encode_jpeg, identity_image  # the same face-sized images as the eval packs
     from train.data.layout import write_pack
 
     rng = np.random.default_rng(seed)
     labels = np.arange(images) // per_class
-    payloads = (face_like_jpeg(rng) for _ in tqdm(range(images), desc="generate pack", file=sys.stderr))
+    payloads = (encode_jpeg(identity_image(rng), quality=95) for _ in tqdm(range(images), desc="generate pack", file=sys.stderr))
     write_pack(folder, labels.tolist(), payloads, (112, 112))
     return (folder / "train.rec").stat().st_size
 

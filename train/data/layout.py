@@ -34,9 +34,9 @@ class PackLayout:
         return range(self.identity_start, self.identity_end)
 
 
-def header_range(header: IRHeader, path: Path) -> tuple[int, int]:
+def header_range(label: float | tuple[float, ...], path: Path) -> tuple[int, int]:
     """(first identity key, end) from a meta header's label; an error when it is not such a range."""
-    label = header.label if isinstance(header.label, tuple) else (header.label,)
+    label = label if isinstance(label, tuple) else (label,)
     if len(label) < 2 or not (is_class_id(label[0]) and is_class_id(label[1])) \
             or not 1 <= label[0] <= label[1]:
         raise RecordIOError(path, f"record key 0: meta header label {list(label)} is not a record range "
@@ -59,7 +59,7 @@ def read_layout(reader: RecordReader) -> PackLayout:
     header = reader.read_record(0).header if 0 in reader else None
     if header is None or header.flag == 0:
         return PackLayout(reader.keys, None)
-    start, end = header_range(header, reader.rec_path)
+    start, end = header_range(header.label, reader.rec_path)
     missing, extra = range_mismatch(reader.keys, end)
     if missing.size or extra.size:
         found = (f"key {missing[0]} is missing from the idx" if missing.size

@@ -122,20 +122,25 @@ def require_class_id(label: Label, path: str | Path, key: int) -> int:
 # logical record <-> physical parts
 
 
+def find_aligned_magic(buf, start: int) -> int:
+    """Position of the first magic number at or after ``start`` that sits at a multiple of 4; -1 if none."""
+    pos = buf.find(MAGIC_BYTES, start)
+    while pos != -1 and pos % 4:
+        pos = buf.find(MAGIC_BYTES, pos + 1)
+    return pos
+
+
 def encode_parts(data: bytes) -> bytes:
     """A logical record as dmlc writes it: split at every 4-byte aligned magic, headers, zero padding."""
     if len(data) >= MAX_RECORD:
         raise ValueError(f"a record of {len(data)} bytes exceeds RecordIO's limit of {MAX_RECORD - 1}")
     out: list[bytes] = []
     start = 0
-    pos = data.find(MAGIC_BYTES)
+    pos = find_aligned_magic(data, 0)
     while pos != -1:
-        if pos % 4:
-            pos = data.find(MAGIC_BYTES, pos + 1)
-            continue
         out += (_PART.pack(MAGIC, ((1 if start == 0 else 2) << 29) | (pos - start)), data[start:pos])
         start = pos + 4
-        pos = data.find(MAGIC_BYTES, start)
+        pos = find_aligned_magic(data, start)
     tail = len(data) - start
     out += (_PART.pack(MAGIC, ((3 if start else 0) << 29) | tail), data[start:], bytes(-tail % 4))
     return b"".join(out)

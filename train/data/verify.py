@@ -20,14 +20,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .layout import range_mismatch, read_property
+from .layout import header_range, range_mismatch, read_property
 from .recordio import (
-    MAGIC_BYTES,
+    FLOAT32_EXACT_INT,
     CorruptRecord,
     RecordIOError,
     decode_record,
     describe_idx_line,
     duplicate_keys,
+    find_aligned_magic,
     is_class_id,
     pack_paths,
     parse_idx,
@@ -83,13 +84,6 @@ class _Problems:
         return self.lines + more
 
 
-def _next_aligned_magic(buf, start: int) -> int:
-    pos = buf.find(MAGIC_BYTES, start)
-    while pos != -1 and pos % 4:
-        pos = buf.find(MAGIC_BYTES, pos + 1)
-    return pos
-
-
 def _scan(buf, size: int, where, problems: _Problems, progress: bool) -> _Scan:
     scan = _Scan()
     pos = 0
@@ -104,7 +98,7 @@ def _scan(buf, size: int, where, problems: _Problems, progress: bool) -> _Scan:
             if err.truncated:
                 problems.add("truncated", f"{where(pos)}{part}: {err.problem}")
                 break
-            resume = _next_aligned_magic(buf, (pos + 4) & ~3)
+            resume = find_aligned_magic(buf, (pos + 4) & ~3)
             skipped = (f"skipped {resume - pos} bytes to the next magic at offset {resume}" if resume != -1
                        else f"no further magic; the last {size - pos} bytes are unreadable")
             problems.add("corrupt", f"{where(pos)}{part}: {err.problem}; {skipped}")
@@ -183,8 +177,9 @@ def verify_pack(root: str | Path, decode: bool = False, progress: bool = True) -
         scan = _scan(buf, size, index.where, problems, progress)
         starts = _as_array(scan.offsets, np.int64)
         index.record_of = _check_idx(index, starts, scan, size, rec_path, idx_path, problems)
-        images, classes, layout = _check_layout(index, scan, problems, idx_path)
-        prop = _check_property(rec_path.parent / "property", index, images, classes, layout, scan, problems)
+        layout = _check_layout(index, scan, problems, idx_path)
+        images, classes = layout.image_keys, layout.classes
+        prop = _check_property(rec_path.parent / "property", layout, problems)
         decoded = _decode_images(buf, index, images, starts, prop, problems, progress) if decode else None
     multi = int((_as_array(scan.flags, np.int64) > 0).sum())
     summary = [
@@ -192,7 +187,7 @@ def verify_pack(root: str | Path, decode: bool = False, progress: bool = True) -
         ("records in rec", f"{len(scan.offsets):,} ({scan.split:,} split into parts, {multi:,} with label "
                            "arrays)"),
         ("idx entries", f"{len(keys):,}"),
-        ("layout", layout),
+        ("layout", layout.text),
         ("images", f"{len(images):,}"),
         ("classes", f"{classes:,}"),
         ("property", "absent" if prop is None else ",".join(map(str, prop))),
@@ -239,7 +234,7 @@ def _check_idx(index: _Index, starts: np.ndarray, scan: _Scan, size: int, rec_pa
 def _class_ids(values: np.ndarray) -> np.ndarray:
     """Which float labels are usable class ids (non-negative integers float32 holds exactly)."""
     with np.errstate(invalid="ignore"):
-        return (values >= 0) & (values <= 2 ** 24) & (np.floor(values) == values)
+        return (values >= 0) & (values <= FLOAT32_EXACT_INT) & (np.floor(values) == values)
 
 
 def _check_labels(image_keys: np.ndarray, labels: np.ndarray, problems: _Problems) -> None:
@@ -248,9 +243,17 @@ def _check_labels(image_keys: np.ndarray, labels: np.ndarray, problems: _Problem
                      "class id")
 
 
-def _check_layout(index: _Index, scan: _Scan, problems: _Problems,
-                  idx_path: Path) -> tuple[np.ndarray, int, str]:
-    """Meta header, identity records and labels; returns (image keys, number of classes, layout text)."""
+@dataclass
+class _Layout:
+    image_keys: np.ndarray
+    labels: np.ndarray  # of the readable image records, as read (float)
+    classes: int
+    text: str  # for the summary
+    has_header: bool  # an InsightFace meta header (record key 0 with a label range)
+
+
+def _check_layout(index: _Index, scan: _Scan, problems: _Problems, idx_path: Path) -> _Layout:
+    """Meta header, identity records and labels."""
     flags, label0, label1 = (_as_array(scan.flags, np.int64), _as_array(scan.label0, np.float64),
                              _as_array(scan.label1, np.float64))
     r0 = int(index.records(np.zeros(1, np.int64))[0])
@@ -259,13 +262,12 @@ def _check_layout(index: _Index, scan: _Scan, problems: _Problems,
         image_keys, labels = index.keys[known], label0[index.record_of[known]]
         _check_labels(image_keys, labels, problems)
         classes = int(sorted_unique(labels[_class_ids(labels)]).size)
-        return image_keys, classes, "header-less: every idx key is an image"
-    start, end = label0[r0], label1[r0]
-    if not (is_class_id(start) and is_class_id(end) and 1 <= start <= end):
-        problems.add("header", f"record key 0: meta header label [{float(start)}, {float(end)}] is not a "
-                     "record range [first identity record, end) with 1 <= first <= end")
-        return np.zeros(0, np.int64), 0, "meta header unreadable"
-    start, end = int(start), int(end)
+        return _Layout(image_keys, labels, classes, "header-less: every idx key is an image", False)
+    try:
+        start, end = header_range((float(label0[r0]), float(label1[r0])), idx_path)
+    except RecordIOError as err:
+        problems.add("header", err.problem)
+        return _Layout(np.zeros(0, np.int64), np.zeros(0), 0, "meta header unreadable", False)
     declared = f"meta header (record key 0) declares keys 0..{end - 1}"
     missing, extra = range_mismatch(index.keys, end)
     for key in missing.tolist():
@@ -302,12 +304,11 @@ def _check_layout(index: _Index, scan: _Scan, problems: _Problems,
     if covered != start:
         problems.add("identity", f"identity records {start}..{end - 1} cover images 1..{covered - 1}, but "
                      f"the meta header declares images 1..{start - 1}")
-    return image_keys, end - start, f"InsightFace meta header: images 1..{start - 1}, identity records " \
-        f"{start}..{end - 1}"
+    return _Layout(image_keys, labels, end - start, f"InsightFace meta header: images 1..{start - 1}, "
+                   f"identity records {start}..{end - 1}", True)
 
 
-def _check_property(path: Path, index: _Index, images: np.ndarray, classes: int, layout: str, scan: _Scan,
-                    problems: _Problems) -> tuple[int, int, int] | None:
+def _check_property(path: Path, layout: _Layout, problems: _Problems) -> tuple[int, int, int] | None:
     """``property`` against the pack: its class count must match the identities or cover every label."""
     if not path.is_file():
         return None
@@ -316,12 +317,10 @@ def _check_property(path: Path, index: _Index, images: np.ndarray, classes: int,
     except RecordIOError as err:
         problems.add("property", err.problem, path)
         return None
-    rec = index.records(images)
-    labels = _as_array(scan.label0, np.float64)[rec[rec >= 0]]
-    labels = labels[_class_ids(labels)]
-    if layout.startswith("InsightFace"):
-        if prop[0] != classes:
-            problems.add("property", f"num_classes {prop[0]} but the pack has {classes} identity records",
+    labels = layout.labels[_class_ids(layout.labels)]
+    if layout.has_header:
+        if prop[0] != layout.classes:
+            problems.add("property", f"num_classes {prop[0]} but the pack has {layout.classes} identity records",
                          path)
     elif labels.size and prop[0] <= labels.max():
         problems.add("property", f"num_classes {prop[0]} but labels go up to {int(labels.max())}", path)
