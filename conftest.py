@@ -49,3 +49,27 @@ def _threads():
     from converters.runtime import set_threads
 
     set_threads(None)
+
+
+class RunsCommand:
+    """Unpickling this runs ``touch marker`` through ``os.system``: the hostile file every loader must refuse."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    """``(payload, marker)``: put ``payload`` in a pickle; ``marker`` exists only if loading ran it.
+
+    The fixture first proves the payload works: plain ``pickle.loads`` of it does create its marker."""
+    import pickle
+
+    control = tmp_path / "control-ran"
+    pickle.loads(pickle.dumps(RunsCommand(control)))  # noqa: S301 (the positive control)
+    assert control.exists(), "the hostile payload does not run even under plain pickle"
+    marker = tmp_path / "PWNED"
+    return RunsCommand(marker), marker

@@ -44,7 +44,7 @@ def main() -> None:
     from tabulate import tabulate
 
     from converters.demo import demo_state_dict
-    from converters.mapping import layout, torch_to_paddle
+    from converters.mapping import torch_to_paddle, trainable_pairs
     from converters.models import paddle_model, torch_model
     from torch_reference.losses import CombinedMarginLoss
     from torch_reference.partial_fc import PartialFC
@@ -63,8 +63,7 @@ def main() -> None:
         pfc.weight.copy_(torch.from_numpy(trainer.pfc.weight.numpy()))
     loop = InsightFaceLoop(torch_model(args.arch, arrays), pfc, lr=0.1, weight_decay=5e-4, warmup_steps=2,
                            total_steps=args.steps * 2)
-    pairs = [(e.torch_key, e.paddle_key, e.rule.to_torch) for e in layout(args.arch)
-             if e.paddle_key and e.rule.torch_name in ("weight", "bias") and e.torch_key != "features.weight"]
+    pairs = trainable_pairs(args.arch)
     data = np.random.default_rng(0)
     rows = []
     for step in range(1, args.steps + 1):

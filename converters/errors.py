@@ -29,3 +29,13 @@ def run_cli(main: Callable[[], int | None]) -> None:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def exit_code(main: Callable[[list[str]], int | None], argv: list) -> int:
+    """Run a CLI ``main(argv)`` as the shell would (through ``run_cli``) and return its exit code instead of
+    exiting: for tests and notebooks. Arguments are passed through ``str``."""
+    try:
+        run_cli(lambda: main([str(a) for a in argv]))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return 0

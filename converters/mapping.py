@@ -172,3 +172,10 @@ def paddle_key_of(torch_key: str, arch: str, num_features: int = 512) -> str | N
         if e.torch_key == torch_key:
             return e.paddle_key
     raise KeyError(torch_key)
+
+
+def trainable_pairs(arch: str, num_features: int = 512) -> list[tuple[str, str, Callable[[np.ndarray], np.ndarray]]]:
+    """(torch name, Paddle name, Paddle-to-torch layout) of every trainable backbone parameter: each
+    ``weight`` and ``bias`` (PReLU slopes included) except iresnet's frozen ``features.weight``."""
+    return [(e.torch_key, e.paddle_key, e.rule.to_torch) for e in layout(arch, num_features)
+            if e.paddle_key and e.rule.torch_name in ("weight", "bias") and e.torch_key != "features.weight"]

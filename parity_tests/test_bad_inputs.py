@@ -15,19 +15,9 @@ import pytest
 import torch
 
 from converters import paddle2torch, torch2paddle
-from converters.errors import run_cli
+from converters.errors import exit_code
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Payload:
-    """Unpickling this runs a shell command that creates a marker file."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +25,6 @@ def r18_state():
     from converters.demo import demo_state_dict
 
     return OrderedDict((k, torch.from_numpy(v)) for k, v in demo_state_dict("r18", seed=2, batches=1).items())
-
-
-def run(main, argv) -> int:
-    with pytest.raises(SystemExit) as exc:
-        run_cli(lambda: main([str(a) for a in argv]))
-    return exc.value.code
 
 
 def check_error(capsys, code, path, *words):
@@ -108,7 +92,7 @@ def test_torch2paddle_bad_checkpoint_is_one_line_exit_2_and_no_output(case, r18_
     make, words = CASES[case]
     src = make(tmp_path, r18_state)
     out = tmp_path / "out" / "w.pdparams"
-    code = run(torch2paddle.main, ["--src", src, "--out", out, "--no-verify"])
+    code = exit_code(torch2paddle.main, ["--src", src, "--out", out, "--no-verify"])
     check_error(capsys, code, src, *words)
     assert not out.exists()
 
@@ -116,26 +100,26 @@ def test_torch2paddle_bad_checkpoint_is_one_line_exit_2_and_no_output(case, r18_
 def test_wrong_arch_names_expected_and_found(r18_state, tmp_path, capsys):
     src = write(tmp_path / "r18.pth", r18_state)
     out = tmp_path / "w.pdparams"
-    code = run(torch2paddle.main, ["--arch", "r50", "--src", src, "--out", out])
+    code = exit_code(torch2paddle.main, ["--arch", "r50", "--src", src, "--out", out])
     check_error(capsys, code, src, "--arch r50 expects iresnet blocks 3-4-14-3",
                 "but the checkpoint is r18 (iresnet blocks 2-2-2-2")
     assert not out.exists()
 
 
-def test_hostile_pth_is_refused_and_its_payload_never_runs(tmp_path, capsys):
-    marker = tmp_path / "PWNED"
-    src = write(tmp_path / "evil.pth", {"state_dict": {"conv1.weight": Payload(marker)}})
-    code = run(torch2paddle.main, ["--src", src, "--out", tmp_path / "w.pdparams"])
+def test_hostile_pth_is_refused_and_its_payload_never_runs(hostile, tmp_path, capsys):
+    payload, marker = hostile
+    src = write(tmp_path / "evil.pth", {"state_dict": {"conv1.weight": payload}})
+    code = exit_code(torch2paddle.main, ["--src", src, "--out", tmp_path / "w.pdparams"])
     check_error(capsys, code, src, "refused", "possibly malicious")
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("protocol", [2, 4])
-def test_hostile_pdparams_is_refused_and_its_payload_never_runs(protocol, tmp_path, capsys):
-    marker = tmp_path / "PWNED"
+def test_hostile_pdparams_is_refused_and_its_payload_never_runs(protocol, hostile, tmp_path, capsys):
+    payload, marker = hostile
     src = tmp_path / "evil.pdparams"
-    src.write_bytes(pickle.dumps({"conv1.weight": Payload(marker)}, protocol=protocol))
-    code = run(paddle2torch.main, ["--src", src, "--out", tmp_path / "w.pth"])
+    src.write_bytes(pickle.dumps({"conv1.weight": payload}, protocol=protocol))
+    code = exit_code(paddle2torch.main, ["--src", src, "--out", tmp_path / "w.pth"])
     check_error(capsys, code, src, "refused", "posix.system" if os.name == "posix" else "system")
     assert not marker.exists() and not (tmp_path / "w.pth").exists()
 
@@ -165,7 +149,7 @@ def test_pdparams_problems_are_one_line_errors(tmp_path, capsys):
         if how == "text":
             path.write_text("hello")
         out = tmp_path / f"{name}.pth"
-        code = run(paddle2torch.main, ["--src", path, "--out", out] + (["--arch", "mbf"] if how == "shape" else []))
+        code = exit_code(paddle2torch.main, ["--src", path, "--out", out] + (["--arch", "mbf"] if how == "shape" else []))
         check_error(capsys, code, path, words)
         assert not out.exists()
 

@@ -12,13 +12,7 @@ import torch
 
 from converters import paddle2torch, torch2paddle
 from converters.checkpoint import META_KEY, read_paddle_weights, read_torch_checkpoint
-from converters.errors import run_cli
-
-
-def invoke(main, argv: list[str]) -> int:
-    with pytest.raises(SystemExit) as exc:
-        run_cli(lambda: main([str(a) for a in argv]))
-    return exc.value.code
+from converters.errors import exit_code
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +49,7 @@ def test_checkpoint_variants_convert_and_verify(variant, mbf_state, tmp_path, ca
     src = tmp_path / "src.pth"
     torch.save(VARIANTS[variant](tensors(mbf_state)), src)
     out = tmp_path / "out.pdparams"
-    assert invoke(torch2paddle.main, ["--src", src, "--out", out, "--table", "none", "--batch", "2"]) == 0
+    assert exit_code(torch2paddle.main, ["--src", src, "--out", out, "--table", "none", "--batch", "2"]) == 0
     assert "PASS forward-eval" in capsys.readouterr().out
     weights = read_paddle_weights(out)
     assert weights.meta["arch"] == "mbf"
@@ -69,7 +63,7 @@ def test_checkpoint_variants_convert_and_verify(variant, mbf_state, tmp_path, ca
 def test_report_json_holds_layers_gates_versions_input_and_hashes(mbf_state, tmp_path, small_lfw):
     src, out, report = tmp_path / "m.pth", tmp_path / "m.pdparams", tmp_path / "m.json"
     torch.save(tensors(mbf_state), src)
-    code = invoke(torch2paddle.main, ["--src", src, "--out", out, "--report", report, "--input", small_lfw,
+    code = exit_code(torch2paddle.main, ["--src", src, "--out", out, "--report", report, "--input", small_lfw,
                                       "--batch", "6", "--table", "none"])
     assert code == 0
     data = json.loads(report.read_text())
@@ -102,7 +96,7 @@ def test_a_corrupted_conversion_fails_the_gate_names_the_layer_and_writes_nothin
     monkeypatch.setattr(mapping, "torch_to_paddle", buggy)
     src, out = tmp_path / "m.pth", tmp_path / "m.pdparams"
     torch.save(tensors(mbf_state), src)
-    assert invoke(torch2paddle.main, ["--src", src, "--out", out, "--table", "failures", "--batch", "2"]) == 1
+    assert exit_code(torch2paddle.main, ["--src", src, "--out", out, "--table", "failures", "--batch", "2"]) == 1
     captured = capsys.readouterr()
     assert "first layer beyond its gate: layers.3.layers.2.layers.1.layers.1 " in captured.out
     assert "not written, parity gate failed" in captured.err
@@ -112,7 +106,7 @@ def test_a_corrupted_conversion_fails_the_gate_names_the_layer_and_writes_nothin
 def test_no_verify_converts_without_running_models(mbf_state, tmp_path, capsys):
     src, out = tmp_path / "m.pth", tmp_path / "m.pdparams"
     torch.save(tensors(mbf_state), src)
-    assert invoke(torch2paddle.main, ["--src", src, "--out", out, "--no-verify"]) == 0
+    assert exit_code(torch2paddle.main, ["--src", src, "--out", out, "--no-verify"]) == 0
     assert "NOT verified (--no-verify)" in capsys.readouterr().out
     assert read_paddle_weights(out).meta["num_batches_tracked"]["layers.0.layers.1.num_batches_tracked"] == 3
 
@@ -120,8 +114,8 @@ def test_no_verify_converts_without_running_models(mbf_state, tmp_path, capsys):
 def test_roundtrip_through_both_clis_is_bit_identical_and_loads_strictly(mbf_state, tmp_path, capsys):
     src, mid, back = tmp_path / "m.pth", tmp_path / "m.pdparams", tmp_path / "back.pth"
     torch.save(tensors(mbf_state), src)
-    assert invoke(torch2paddle.main, ["--src", src, "--out", mid, "--no-verify"]) == 0
-    assert invoke(paddle2torch.main, ["--src", mid, "--out", back, "--check-against", src, "--verify",
+    assert exit_code(torch2paddle.main, ["--src", src, "--out", mid, "--no-verify"]) == 0
+    assert exit_code(paddle2torch.main, ["--src", mid, "--out", back, "--check-against", src, "--verify",
                                       "--table", "none", "--batch", "2"]) == 0
     assert "bit-identical" in capsys.readouterr().out
     state = torch.load(back, weights_only=True)
@@ -143,7 +137,7 @@ def test_paddle_load_reads_the_converted_file_into_the_paddle_model(mbf_state, t
 
     src, out = tmp_path / "m.pth", tmp_path / "m.pdparams"
     torch.save(tensors(mbf_state), src)
-    assert invoke(torch2paddle.main, ["--src", src, "--out", out, "--no-verify"]) == 0
+    assert exit_code(torch2paddle.main, ["--src", src, "--out", out, "--no-verify"]) == 0
     state = paddle.load(str(out))  # trusted: written by this test
     missing, unexpected = paddle_models.get_model("mbf").set_state_dict(state)
     assert list(missing) == [] and list(unexpected) == [META_KEY]
@@ -159,7 +153,7 @@ def test_paddle_file_from_paddle_save_converts_back_with_zero_counters(tmp_path,
     src = tmp_path / "saved.pdparams"
     paddle.save(model.state_dict(), str(src))
     back = tmp_path / "back.pth"
-    assert invoke(paddle2torch.main, ["--src", src, "--out", back]) == 0
+    assert exit_code(paddle2torch.main, ["--src", src, "--out", back]) == 0
     state = read_torch_checkpoint(back).arrays
     assert state["layers.0.layers.1.num_batches_tracked"] == 0
     np.testing.assert_array_equal(state["features.layers.2.weight"], model.features.layers[2].weight.numpy().T)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from converters import paddle2torch, torch2paddle
-from converters.errors import run_cli
+from converters.errors import exit_code
 from converters.inputs import faces_from_bin, seeded_images
 
 TSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "insightface_r50_state_dict.tsv"
@@ -89,12 +89,6 @@ def independent_checkpoint() -> OrderedDict[str, torch.Tensor]:
     return sd
 
 
-def cli(main, argv) -> int:
-    with pytest.raises(SystemExit) as exc:
-        run_cli(lambda: main([str(a) for a in argv]))
-    return exc.value.code
-
-
 def test_independent_r50_converts_within_gates_and_round_trips_exactly(tmp_path, small_lfw):
     import paddle
 
@@ -105,7 +99,7 @@ def test_independent_r50_converts_within_gates_and_round_trips_exactly(tmp_path,
     torch.save(original, src)
 
     # 1. convert with the per-layer check on the 20 real faces
-    assert cli(torch2paddle.main, ["--src", src, "--out", out, "--input", small_lfw, "--batch", "20",
+    assert exit_code(torch2paddle.main, ["--src", src, "--out", out, "--input", small_lfw, "--batch", "20",
                                    "--report", report, "--table", "failures"]) == 0
     parity = json.loads(report.read_text())["parity"]
     assert parity["passed"] and len(parity["rows"]) == 192 and parity["worst_rel"] <= 5e-5
@@ -125,7 +119,7 @@ def test_independent_r50_converts_within_gates_and_round_trips_exactly(tmp_path,
     assert 10 < np.linalg.norm(emb_ref, axis=1).mean() < 45
 
     # 3. back to PyTorch: the published key order, every tensor identical
-    assert cli(paddle2torch.main, ["--src", out, "--out", back, "--check-against", src]) == 0
+    assert exit_code(paddle2torch.main, ["--src", out, "--out", back, "--check-against", src]) == 0
     restored = torch.load(back, weights_only=True)
     assert [k for k, _, _ in insightface_keys()] == list(restored)
     for key, value in original.items():

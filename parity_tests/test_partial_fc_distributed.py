@@ -10,10 +10,6 @@ process group is killed on timeout, so nothing is left running.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +19,7 @@ import pytest
 
 import train.losses as pl
 import train.partial_fc as pp
+from parity_tests.workers.launch import free_port, run_workers
 from parity_tests.workers.numpy_reference import (
     Margin,
     partial_fc,
@@ -39,35 +36,15 @@ GATE = 1e-8
 TIMEOUT_S = 240
 
 
-def _run(cmd: list[str], logs: Path | None = None) -> None:
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} did not finish in {TIMEOUT_S} s:\n{output[-3000:]}")
-    if proc.returncode != 0:
-        worker_logs = "".join(p.read_text()[-3000:] for p in sorted(logs.glob("workerlog.*"))) if logs else ""
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-3000:]}\n{worker_logs}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
     """Run both two-rank workers once; returns (cases, inputs, {"paddle": [rank0, rank1], "torch": [...]})."""
     folder = tmp_path_factory.mktemp("pfc_two_ranks")
     write_inputs(folder)
     logs = folder / "paddle_logs"
-    _run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(WORLD), "--log_dir", str(logs),
-          str(WORKERS / "paddle_pfc_worker.py"), str(folder)], logs)
-    _run([sys.executable, str(WORKERS / "torch_pfc_worker.py"), str(folder), str(_free_port())])
+    run_workers([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(WORLD), "--log_dir", str(logs),
+          str(WORKERS / "paddle_pfc_worker.py"), str(folder)], logs, TIMEOUT_S)
+    run_workers([sys.executable, str(WORKERS / "torch_pfc_worker.py"), str(folder), str(free_port())], timeout=TIMEOUT_S)
     cases, inputs = read_inputs(folder)
     results = {}
     for framework in ("paddle", "torch"):

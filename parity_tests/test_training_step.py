@@ -18,8 +18,9 @@ import torch
 
 from converters.demo import demo_state_dict
 from converters.inputs import faces_from_bin
-from converters.mapping import layout, torch_to_paddle
+from converters.mapping import torch_to_paddle, trainable_pairs
 from converters.models import paddle_model, torch_model
+from parity_tests.workers.numpy_reference import rel
 from torch_reference.losses import CombinedMarginLoss as TorchMargin
 from torch_reference.partial_fc import PartialFC as TorchPartialFC
 from torch_reference.training import InsightFaceLoop
@@ -36,11 +37,6 @@ def f32(value: float) -> float:
     return float(np.float32(value))
 
 
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
 def grads_paddle(trainer) -> dict[str, np.ndarray]:
     out = {k: p.grad.numpy().copy() for k, p in trainer.backbone.named_parameters() if p.grad is not None}
     out["pfc.weight"] = trainer.pfc.weight.grad.numpy().copy()
@@ -51,13 +47,6 @@ def grads_torch(loop) -> dict[str, np.ndarray]:
     out = {k: p.grad.numpy().copy() for k, p in loop.backbone.named_parameters() if p.grad is not None}
     out["pfc.weight"] = loop.pfc.weight.grad.numpy().copy()
     return out
-
-
-def parameter_pairs(arch: str):
-    """(torch name, Paddle name, to-torch layout) of every trainable backbone parameter."""
-    for e in layout(arch):
-        if e.paddle_key and e.rule.torch_name in ("weight", "bias") and e.torch_key != "features.weight":
-            yield e.torch_key, e.paddle_key, e.rule.to_torch
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +92,7 @@ def test_float64_training_steps_equal_insightface_loop(sample_rate, faces):
         t_grads, p_grads = captured["torch"], captured["paddle"]
         assert rel(p_grads["pfc.weight"], t_grads["pfc.weight"]) <= GATE
         compared = 0
-        for t_key, p_key, to_torch in parameter_pairs("r18"):
+        for t_key, p_key, to_torch in trainable_pairs("r18"):
             ref = t_grads[t_key]
             if np.linalg.norm(ref) < ZERO_IN_THEORY:
                 flagged.add(t_key)
@@ -115,7 +104,7 @@ def test_float64_training_steps_equal_insightface_loop(sample_rate, faces):
         # every weight after the update
         t_state = loop.backbone.state_dict()
         p_state = trainer.backbone.state_dict()
-        for t_key, p_key, to_torch in parameter_pairs("r18"):
+        for t_key, p_key, to_torch in trainable_pairs("r18"):
             assert rel(to_torch(p_state[p_key].numpy()), t_state[t_key].numpy()) <= GATE, \
                 f"step {step + 1}: weight {t_key}"
         assert rel(trainer.pfc.weight.numpy(), loop.pfc.weight.detach().numpy()) <= GATE
@@ -158,7 +147,7 @@ def test_float64_adamw_steps_equal_insightface_loop(faces):
         loss = loop.train_step(torch.from_numpy(x), torch.from_numpy(labels[step]))
         assert abs(result.loss - loss) / abs(loss) <= GATE
         t_state, p_state = loop.backbone.state_dict(), trainer.backbone.state_dict()
-        for t_key, p_key, to_torch in parameter_pairs("r18"):
+        for t_key, p_key, to_torch in trainable_pairs("r18"):
             assert rel(to_torch(p_state[p_key].numpy()), t_state[t_key].numpy()) <= GATE, f"step {step + 1}: {t_key}"
         assert rel(trainer.pfc.weight.numpy(), loop.pfc.weight.detach().numpy()) <= GATE
         assert np.all(p_state["features.weight"].numpy() == 1.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections import OrderedDict
 
@@ -11,14 +10,6 @@ import pytest
 
 from converters.checkpoint import atomic_output, strip_prefixes
 from converters.safe_pickle import RefusedPickle, safe_load, safe_loads
-
-
-class Runs:
-    def __init__(self, command):
-        self.command = command
-
-    def __reduce__(self):
-        return (os.system, (self.command,))
 
 
 @pytest.mark.parametrize("protocol", [0, 2, 4, 5])
@@ -32,10 +23,10 @@ def test_numpy_arrays_and_plain_containers_load(protocol):
 
 
 @pytest.mark.parametrize("protocol", [0, 2, 4])
-def test_a_pickle_that_runs_a_command_is_refused_before_running(tmp_path, protocol):
-    marker = tmp_path / "ran"
+def test_a_pickle_that_runs_a_command_is_refused_before_running(hostile, protocol):
+    payload, marker = hostile
     with pytest.raises(RefusedPickle, match="refused to load posix.system"):
-        safe_loads(pickle.dumps({"w": Runs(f"touch {marker}")}, protocol=protocol))
+        safe_loads(pickle.dumps({"w": payload}, protocol=protocol))
     assert not marker.exists()
 
 

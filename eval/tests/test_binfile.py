@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import struct
 
@@ -95,18 +94,10 @@ def test_corrupt_image_is_an_error_naming_file_and_index(tmp_path):
     assert err.value.path == str(path)
 
 
-class _RunsCommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def test_hostile_pack_is_refused_without_running_anything(tmp_path):
-    marker = tmp_path / "pwned"
+def test_hostile_pack_is_refused_without_running_anything(hostile, tmp_path):
+    payload, marker = hostile
     path = tmp_path / "evil.bin"
-    path.write_bytes(pickle.dumps(([_RunsCommand(marker)], [True])))
+    path.write_bytes(pickle.dumps(([payload], [True])))
     with pytest.raises(UserError, match="refused") as err:
         read_bin(path)
     assert not marker.exists()

@@ -123,16 +123,13 @@ def test_bad_precomputed_inputs_end_with_one_line(tmp_path, case):
     assert "Traceback" not in proc.stderr and not out_json.exists()
 
 
-def test_hostile_pack_in_data_folder_is_refused(r18_files, tmp_path):
-    class Boom:
-        def __reduce__(self):
-            return (exec, ("open('/tmp/should-not-exist-eval-test', 'w')",))
-
-    (tmp_path / "lfw.bin").write_bytes(pickle.dumps(([Boom()], [True])))
+def test_hostile_pack_in_data_folder_is_refused(r18_files, hostile, tmp_path):
+    payload, marker = hostile
+    (tmp_path / "lfw.bin").write_bytes(pickle.dumps(([payload], [True])))
     proc = run("--weights", str(r18_files["onnx"]), "--data", str(tmp_path), "--no-progress")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'lfw.bin'}: refused")
-    assert not Path("/tmp/should-not-exist-eval-test").exists()
+    assert not marker.exists()
 
 
 def test_missing_targets_and_wrong_backend_are_one_line_errors(r18_files, tmp_path):

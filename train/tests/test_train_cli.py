@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from converters.checkpoint import read_paddle_weights
+from converters.errors import exit_code
 from converters.safe_pickle import safe_load
+from parity_tests.workers.launch import run_workers
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = [sys.executable, str(ROOT / "train" / "train.py")]
@@ -99,11 +101,9 @@ def test_resume_after_sigkill_between_checkpoints_is_exact(tmp_path, small_datas
 
 def test_two_processes_keep_identical_weights_and_the_global_loss(tmp_path):
     log_dir = tmp_path / "logs"
-    proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-                           "--log_dir", str(log_dir), str(ROOT / "parity_tests" / "workers" / "train_worker.py"),
-                           str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          start_new_session=True)
-    assert proc.returncode == 0, (log_dir / "workerlog.0").read_text()[-3000:] if log_dir.exists() else proc.stderr
+    run_workers([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+                 str(log_dir), str(ROOT / "parity_tests" / "workers" / "train_worker.py"), str(tmp_path)],
+                log_dir, timeout=600)
 
     import paddle
 
@@ -127,14 +127,9 @@ def test_two_processes_keep_identical_weights_and_the_global_loss(tmp_path):
 
 
 def run_main(argv) -> int:
-    import pytest
-
-    from converters.errors import run_cli
     from train.train import main
 
-    with pytest.raises(SystemExit) as exc:
-        run_cli(lambda: main([str(a) for a in argv]))
-    return exc.value.code
+    return exit_code(main, argv)
 
 
 def one_line_error(capsys, code: int, *words: str) -> str:
