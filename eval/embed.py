@@ -89,8 +89,9 @@ class ModelSource:
         return self.arch or "onnx"
 
 
-def load_weights(path: str | Path, arch: str | None = None) -> ModelSource:
-    """Read ``.pth``/``.pt``, ``.pdparams`` or ``.onnx`` safely and check ``arch`` against what it holds."""
+def load_weights(path: str | Path, arch: str | None = None, option: str = "--arch") -> ModelSource:
+    """Read ``.pth``/``.pt``, ``.pdparams`` or ``.onnx`` safely and check ``arch`` against what it holds
+    (``option`` names where the user gave ``arch``, for the error message)."""
     from converters.arch import detect_arch, resolve_arch
     from converters.checkpoint import read_paddle_weights, read_torch_checkpoint, sha256_file
 
@@ -104,10 +105,12 @@ def load_weights(path: str | Path, arch: str | None = None) -> ModelSource:
         return ModelSource(path, kind, arch, _onnx_features(path), sha256_file(path))
     if kind == "torch":
         ckpt = read_torch_checkpoint(path)
-        info = resolve_arch(arch, detect_arch({k: v.shape for k, v in ckpt.arrays.items()}, path, "torch"), path)
+        info = resolve_arch(arch, detect_arch({k: v.shape for k, v in ckpt.arrays.items()}, path, "torch"), path,
+                            option)
         return ModelSource(path, kind, info.name, info.num_features, sha256_file(path), torch_arrays=ckpt.arrays)
     weights = read_paddle_weights(path)
-    info = resolve_arch(arch, detect_arch({k: v.shape for k, v in weights.arrays.items()}, path, "paddle"), path)
+    info = resolve_arch(arch, detect_arch({k: v.shape for k, v in weights.arrays.items()}, path, "paddle"), path,
+                        option)
     return ModelSource(path, kind, info.name, info.num_features, sha256_file(path), paddle_weights=weights)
 
 

@@ -8,36 +8,28 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from converters.arch import detect_arch, resolve_arch
 from converters.checkpoint import (
     PaddleWeights,
-    read_paddle_weights,
-    read_torch_checkpoint,
     write_paddle_weights,
     write_torch_state_dict,
 )
 from converters.errors import UserError
-from converters.mapping import FORMAT_VERSION, layout, paddle_to_torch, torch_to_paddle
+from converters.mapping import FORMAT_VERSION, layout, paddle_to_torch
 from converters.models import load_paddle_weights
+from eval.embed import load_weights
 
 
 def read_init_weights(path: str | Path, network: str, embedding_size: int) -> PaddleWeights:
     """``.pdparams`` or a PyTorch ``.pth``/``.pt`` (converted on the fly), checked against the config."""
-    path = Path(path)
-    if path.suffix == ".pdparams":
-        weights = read_paddle_weights(path)
-        info = detect_arch({k: v.shape for k, v in weights.arrays.items()}, path, "paddle")
-    else:
-        ckpt = read_torch_checkpoint(path)
-        info = detect_arch({k: v.shape for k, v in ckpt.arrays.items()}, path, "torch")
-    resolve_arch(network, info, path, option="network =")
-    if info.num_features != embedding_size:
-        raise UserError(path, f"the checkpoint's embedding has {info.num_features} dimensions, "
+    source = load_weights(path, network, option="network =")
+    if source.kind == "onnx":
+        raise UserError(path, "--init takes .pdparams or PyTorch .pth/.pt weights, not an ONNX model")
+    if source.num_features != embedding_size:
+        raise UserError(path, f"the checkpoint's embedding has {source.num_features} dimensions, "
                         f"the config's embedding_size is {embedding_size}")
-    if path.suffix == ".pdparams":
-        paddle_to_torch(weights, info.name, info.num_features, path)  # strict key and shape check
-        return weights
-    return torch_to_paddle(ckpt.arrays, info.name, info.num_features, path)
+    if source.kind == "paddle":
+        source.torch_state()  # the strict key and shape check of the mapping
+    return source.paddle_state()
 
 
 def init_backbone(backbone: paddle.nn.Layer, path: str | Path, network: str, embedding_size: int) -> None:
