@@ -134,11 +134,9 @@ def run_precomputed(args: argparse.Namespace) -> tuple[dict, dict, list]:
 def run_model(args: argparse.Namespace) -> tuple[dict, dict, list]:
     from converters.runtime import set_threads
 
-    # torch only where a backend or the weights need it (Paddle-only evaluation stays ~200 MB smaller)
-    backends = {args.backend, args.compare}
-    needs_torch = args.weights.suffix in (".pth", ".pt") or "torch" in backends or (
-        "onnx" in backends and args.weights.suffix != ".onnx")
-    threads = set_threads(args.threads, torch=needs_torch)
+    # Paddle and onnxruntime here; the torch backend sets torch's own threads (TorchEmbedder), so torch is
+    # imported only where it is used and Paddle-only evaluation stays ~200 MB smaller
+    threads = set_threads(args.threads, torch=False)
     from eval.binfile import read_bin
     from eval.embed import embed_pack, load_weights, make_embedder
     from eval.protocol import decisions_differ, evaluate_flip
