@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,13 +35,9 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 def worker(args: argparse.Namespace) -> None:
     """One rank: build PartialFC, time forward+backward, write {ms, peak_mb, ...} as JSON."""
-    from converters.runtime import quiet_paddle_import, set_threads
+    from converters.runtime import peak_rss_mb, quiet_paddle_import, set_threads
 
     quiet_paddle_import()
     import paddle
@@ -75,7 +70,7 @@ def worker(args: argparse.Namespace) -> None:
     rank = dist.get_rank() if dist.is_initialized() else 0
     result = {
         "ms": 1000 * float(np.median(times)),
-        "peak_mb": _peak_rss_mb() - base,
+        "peak_mb": peak_rss_mb() - base,
         "centres_mb": pfc.num_local * args.dim * 4 / 2**20,
         "rank": rank,
     }
