@@ -33,7 +33,7 @@ def test_a_pickle_that_runs_a_command_is_refused_before_running(hostile, protoco
 def test_builtins_and_object_arrays_are_refused():
     with pytest.raises(RefusedPickle):
         safe_loads(pickle.dumps(eval))
-    with pytest.raises(RefusedPickle, match="Python objects"):
+    with pytest.raises(RefusedPickle, match="only plain numeric and bool arrays"):
         safe_loads(pickle.dumps(np.array([1, "a"], dtype=object)))
 
 
