@@ -4,7 +4,8 @@ A pack is a pickle of ``(bins, issame)``: ``2P`` encoded images in pair order (P
 ``bytes``, ``bytes``, or numpy uint8 arrays as InsightFace's ``build_eval_pack.py`` writes them) and
 ``P`` booleans. It is read with a restricted unpickler that resolves only what numpy arrays need, so a
 crafted pack is refused before anything in it runs, and each image is decoded with OpenCV (the decoder
-MXNet uses; pixel-identical on the shared sample pack) to RGB, one batch at a time.
+MXNet uses; pixel-identical on the shared sample pack) to RGB, one batch at a time, through
+``converters.images``, which refuses an image declaring more pixels than its limit before decoding it.
 """
 
 from __future__ import annotations
@@ -17,20 +18,11 @@ import cv2
 import numpy as np
 
 from converters.errors import UserError
+from converters.images import decode_image as decode_bgr_image
 from converters.safe_pickle import load_user_pickle
 
 IMAGE_SIZE = 112
-# what a pack's pickle may name: numpy arrays (the images of build_eval_pack.py packs), numpy bools (in
-# issame) and protocol-2 bytes; no containers beyond tuple/list/bool, which need no global
-PACK_GLOBALS = frozenset({
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
-})
+
 
 @dataclass
 class BinPack:
@@ -74,7 +66,7 @@ def read_bin(path: str | Path) -> BinPack:
     path = Path(path)
     if not path.is_file():
         raise UserError(path, "no such file" if not path.exists() else "not a file")
-    obj = load_user_pickle(path, "verification pack", PACK_GLOBALS)
+    obj = load_user_pickle(path, "verification pack")
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
         raise UserError(path, "not a verification pack: expected a pickled (bins, issame) pair")
     bins, issame = obj
@@ -124,9 +116,8 @@ def decode_image(blob: Any, path: str | Path, index: int) -> np.ndarray:
     buf = _buffer(blob)
     if buf is None:
         raise UserError(path, f"image {index}: not encoded image bytes ({type(blob).__name__})")
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-    if bgr is None:
-        raise UserError(path, f"image {index}: cannot be decoded (corrupt or not an image)")
+    # refused before decoding when the header declares too many pixels or no known format
+    bgr = decode_bgr_image(buf, path, f"image {index}")
     height, width = bgr.shape[:2]
     if height != width:
         raise UserError(path, f"image {index}: {width}x{height} is not square (InsightFace packs hold "

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from converters.errors import UserError
+from converters.images import decode_image
 from eval.binfile import normalize
 
 IMAGE_SIZE = (112, 112)  # (height, width)
@@ -21,11 +22,11 @@ IMAGE_SIZE = (112, 112)  # (height, width)
 
 def decode_rgb(encoded: bytes, path: str | Path, what: str,
                size: tuple[int, int] | None = IMAGE_SIZE) -> np.ndarray:
-    """Decode image bytes with OpenCV to ``[H, W, 3]`` uint8 RGB; ``size`` (h, w) is required if given."""
-    buf = np.frombuffer(encoded, np.uint8)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-    if bgr is None:
-        raise UserError(path, f"{what}: cannot be decoded (corrupt or not an image, {buf.size} bytes)")
+    """Decode image bytes with OpenCV to ``[H, W, 3]`` uint8 RGB; ``size`` (h, w) is required if given.
+
+    An image whose header declares more pixels than ``converters.images``' limit is refused before decoding.
+    """
+    bgr = decode_image(encoded, path, what)
     if size is not None and bgr.shape[:2] != tuple(size):
         raise UserError(path, f"{what}: image is {bgr.shape[1]}x{bgr.shape[0]} (w x h), training expects "
                         f"{size[1]}x{size[0]}")

@@ -16,9 +16,10 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
+
+from converters.images import ImageRefused, decode_bgr
 
 from .layout import header_range, range_mismatch, read_property
 from .recordio import (
@@ -342,10 +343,10 @@ def _decode_images(buf, index: _Index, images: np.ndarray, starts: np.ndarray, p
             _, payload = decode_record(parse_parts(buf, offset, len(buf))[0])
         except (ValueError, CorruptRecord):
             continue  # reported by the scan
-        bgr = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) if payload else None
-        if bgr is None:
-            problems.add("decode", f"record key {key} at offset {offset}: image cannot be decoded "
-                         f"({len(payload)} bytes)")
+        try:  # refused before decoding when the header declares too many pixels or no known format
+            bgr = decode_bgr(payload)
+        except ImageRefused as err:
+            problems.add("decode", f"record key {key} at offset {offset}: image {err.problem}")
             continue
         decoded += 1
         expected = expected or bgr.shape[:2]
