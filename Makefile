@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 PADDLE ?= paddlepaddle==3.3.1
 STAMP  := .stamp-install
 
-.PHONY: install demo test lint parity bench mxnet-check clean
+.PHONY: install demo test lint fuzz parity bench mxnet-check clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet "$(TORCH)" "$(PADDLE)"
@@ -25,6 +25,11 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PYTHON) -m pytest -q
 
+# every fuzz target in tests/fuzz for FUZZ_SECONDS each (default 60), with fresh random examples
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PYTHON) -m pytest -q tests/fuzz
+
 parity: $(STAMP)
 	$(PYTHON) -m pytest -q parity_tests
 
@@ -42,4 +47,4 @@ mxnet-check: $(STAMP)
 	PYTHON=$(PYTHON) bash .ci/mxnet_check.sh
 
 clean:
-	rm -rf $(STAMP) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(STAMP) .pytest_cache .ruff_cache .hypothesis *.egg-info
