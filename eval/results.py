@@ -64,7 +64,7 @@ def summary_table(results: dict[str, Verification], differ: dict[str, int] | Non
 
 def write_json(path: Path, results: dict[str, Verification], extra: dict[str, dict] | None = None) -> None:
     """``{target: {accuracy, accuracy_std, fold_accuracies, thresholds, ..., pairs}}`` as issue 3 specifies."""
-    from converters.checkpoint import atomic_output
+    from converters.outputs import atomic_output
 
     data = {}
     for name, result in results.items():
@@ -190,7 +190,7 @@ class ResultsTable:
         return rows
 
     def write(self, path: Path, manifest: Path = MANIFEST) -> None:
-        from converters.checkpoint import atomic_output
+        from converters.outputs import atomic_output
 
         with atomic_output(path) as tmp:
             tmp.write_text(self.render(manifest))
@@ -201,7 +201,14 @@ def read_results(path: Path) -> ResultsTable:
     table = ResultsTable()
     if not path.exists():
         return table
-    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip().startswith("|")]
+    if path.is_dir():
+        raise UserError(path, "is a directory, not a results table; give a file name for --results")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(path, "is not a text file (not a results table written by eval/verify.py); "
+                        "choose another --results file") from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("|")]
     if len(lines) < 2:
         raise UserError(path, "exists but holds no results table (choose another --results file)")
     header = _cells(lines[0])

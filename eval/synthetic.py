@@ -9,7 +9,6 @@ of it; a "different" pair shows two identities. ``issame`` is known exactly; it 
 
 from __future__ import annotations
 
-import argparse
 import pickle
 import sys
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: import the project from its root, not this folder
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from converters.cli import ArgumentParser, fraction, int_range, random_seed  # noqa: E402
 from converters.errors import UserError, run_cli  # noqa: E402
 
 SIZE = 112
@@ -77,7 +77,7 @@ def make_pack(pairs: int, seed: int = 0, same_fraction: float = 0.5, fmt: str = 
 
 def write_pack(path: str | Path, pack: SyntheticPack, protocol: int = 4) -> Path:
     """Write ``(bins, issame)`` as InsightFace's pickle, through a temporary file."""
-    from converters.checkpoint import atomic_output
+    from converters.outputs import atomic_output
 
     path = Path(path)
     with atomic_output(path) as tmp, open(tmp, "wb") as fh:
@@ -86,16 +86,19 @@ def write_pack(path: str | Path, pack: SyntheticPack, protocol: int = 4) -> Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="synthetic.py", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="synthetic.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="pack to write (.bin)")
-    parser.add_argument("--pairs", type=int, default=6000, help="number of pairs (default 6000, LFW's size)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--same-fraction", type=float, default=0.5)
+    parser.add_argument("--pairs", type=int_range(1, 10_000_000), default=6000, help="number of pairs (default 6000, LFW's size)")
+    parser.add_argument("--seed", type=random_seed, default=0)
+    parser.add_argument("--same-fraction", type=fraction, default=0.5)
     parser.add_argument("--format", choices=("array", "bytes"), default="array",
                         help="images as numpy uint8 arrays (build_eval_pack.py) or bytes (classic packs)")
     args = parser.parse_args(argv)
     if args.pairs < 1:
         raise UserError(None, f"--pairs must be at least 1, not {args.pairs}")
+    from converters.outputs import prepare_output
+
+    prepare_output(args.out)  # before the work
     pack = make_pack(args.pairs, args.seed, args.same_fraction, args.format)
     write_pack(args.out, pack)
     print(f"wrote {args.out}: {args.pairs} pairs ({sum(pack.issame)} same), {2 * args.pairs} JPEG images")

@@ -8,14 +8,13 @@ output): every key in idx order is an image. This is exactly how InsightFace's `
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
+
+from converters.outputs import atomic_directory  # noqa: F401 (re-exported; the writer lives in outputs.py)
 
 from .recordio import FLOAT32_EXACT_INT, IRHeader, RecordIOError, RecordReader, RecordWriter, is_class_id
 
@@ -84,28 +83,6 @@ def read_property(path: str | Path) -> tuple[int, int, int]:
 
 def property_text(num_classes: int, height: int, width: int) -> str:
     return f"{num_classes},{height},{width}\n"
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; it becomes ``path`` only if the block succeeds.
-
-    ``path`` must not exist or be an empty folder, so that nothing a user has is overwritten.
-    """
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise RecordIOError(path, "already exists and is not an empty folder; choose a new output folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if path.exists():
-            path.rmdir()
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def class_ranges(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -21,12 +21,13 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 from tabulate import tabulate
 from tqdm import tqdm
 
+from converters.cli import ArgumentParser, non_negative_int, random_seed
 from converters.errors import UserError
+from converters.images import ImageRefused, decode_bgr
 
 from .folders import list_images, read_image_file
 from .layout import atomic_directory, read_layout, write_pack
@@ -60,9 +61,10 @@ def pack_folder(src: str | Path, out: str | Path) -> tuple[int, int]:
     order = np.argsort(np.asarray(images.labels, np.int64), kind="stable")  # classes contiguous, ascending
     paths = [images.paths[i] for i in order.tolist()]
     labels = [images.labels[i] for i in order.tolist()]
-    first = cv2.imdecode(np.frombuffer(read_image_file(paths[0]), np.uint8), cv2.IMREAD_COLOR)
-    if first is None:
-        raise UserError(paths[0], "cannot be decoded as an image (needed for the image size in property)")
+    try:  # the first image gives the size in property; refused before decoding if it declares too many pixels
+        first = decode_bgr(read_image_file(paths[0]))
+    except ImageRefused as err:
+        raise UserError(paths[0], f"{err.problem} (the first image gives the image size in property)") from None
     payloads = (read_image_file(p) for p in _progress(paths, len(paths), "pack"))
     with atomic_directory(out) as tmp:
         classes = write_pack(tmp, labels, payloads, first.shape[:2])
@@ -115,13 +117,13 @@ def shuffle_pack(root: str | Path, out: str | Path, seed: int = 0) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m train.data.recordio",
+    parser = ArgumentParser(prog="python -m train.data.recordio",
                                      description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("dump", help="one JSON line per record in idx order")
     p.add_argument("pack", type=Path, help="pack folder (train.rec, train.idx) or a .rec file")
-    p.add_argument("--limit", type=int, help="only the first N records")
+    p.add_argument("--limit", type=non_negative_int, help="only the first N records")
     p = sub.add_parser("verify", help="check every record; exit 1 listing the problems")
     p.add_argument("pack", type=Path)
     p.add_argument("--decode", action="store_true", help="also decode every image with OpenCV")
@@ -134,7 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = sub.add_parser("shuffle", help="header-less shuffled copy of a pack")
     p.add_argument("pack", type=Path)
     p.add_argument("out", type=Path, help="new output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=random_seed, default=0)
     return parser.parse_args(argv)
 
 
@@ -157,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"problem: {problem}")
         print("verify: OK" if result.ok else f"verify: FAILED ({len(result.problems)} problem lines)")
         return 0 if result.ok else 1
+    if args.command in ("pack", "unpack", "shuffle"):  # before any work: never into (or inside) the input
+        from converters.outputs import check_outputs
+
+        source = ("SRC", args.src) if args.command == "pack" else ("DIR", args.pack)
+        check_outputs(dict([source]), {"OUT": args.out}, folders=True)
     if args.command == "pack":
         images, classes = pack_folder(args.src, args.out)
         print(f"packed {images} images of {classes} classes into {args.out}")

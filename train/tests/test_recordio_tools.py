@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import shutil
@@ -320,3 +321,47 @@ def test_verify_finds_and_locates_a_planted_corruption(small_dataset_rec, tmp_pa
     text = "\n".join(problems)
     for pattern in expected:
         assert any(__import__("re").search(pattern, p) for p in problems), f"{pattern!r} not in:\n{text}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# outputs: never into the input, a full disk leaves nothing partial
+
+
+def test_pack_unpack_shuffle_refuse_an_output_that_is_or_lies_in_the_input(small_dataset, small_dataset_rec,
+                                                                           tmp_path, capsys):
+    from converters.errors import exit_code
+
+    src = tmp_path / "src"
+    shutil.copytree(small_dataset, src)
+    before = sorted((p.relative_to(src), sha(p.read_bytes())) for p in src.rglob("*") if p.is_file())
+    cases = [(["pack", src, src], src, "is also the input SRC; choose another OUT"),
+             (["pack", src, src / "pack"], src / "pack", f"is inside the input folder SRC {src}"),
+             (["unpack", small_dataset_rec, small_dataset_rec], small_dataset_rec, "is also the input DIR"),
+             (["shuffle", small_dataset_rec, small_dataset_rec / "s"], small_dataset_rec / "s",
+              "is inside the input folder DIR")]
+    for argv, named, message in cases:
+        capsys.readouterr()
+        code = exit_code(main, argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {named}: ") and message in err[0], err
+    assert sorted((p.relative_to(src), sha(p.read_bytes())) for p in src.rglob("*") if p.is_file()) == before
+
+
+def test_a_full_disk_during_pack_keeps_the_previous_pack_and_leaves_nothing(small_dataset, tmp_path, capsys,
+                                                                             monkeypatch):
+    from converters.errors import exit_code
+    from tests.faults import raiser, tmpfs
+    from train.data.recordio import RecordWriter
+
+    disk = tmp_path / "disk"
+    with tmpfs(disk, 128) as real:  # the 80 KB pack fits once, not twice
+        assert exit_code(main, ["pack", small_dataset, disk / "old"]) == 0
+        before = {p.name: p.read_bytes() for p in (disk / "old").iterdir()}
+        if not real:
+            monkeypatch.setattr(RecordWriter, "write", raiser(errno.ENOSPC))
+        capsys.readouterr()
+        code = exit_code(main, ["pack", small_dataset, disk / "new"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err == [f"error: {disk / 'new'}: cannot write: no space left on device"], err
+        assert [p.name for p in disk.iterdir()] == ["old"]
+        assert {p.name: p.read_bytes() for p in (disk / "old").iterdir()} == before
