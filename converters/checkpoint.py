@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import pickle
+import struct
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from .errors import UserError
+from .outputs import atomic_output  # noqa: F401 (re-exported: the one atomic writer lives in outputs.py)
 from .safe_pickle import load_user_pickle
 
 # wrapper keys under which training scripts store the backbone, most specific first
@@ -79,12 +81,18 @@ def _torch_load(path: Path) -> Any:
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save zip, or a legacy pickle
         raise UserError(path, "not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if "mmap can only be used" not in str(err):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        # torch warns about pickle protocols and sparse invariants while loading: not the user's concern;
+        # sparse tensors are checked for consistency (a forged one could otherwise be read out of bounds)
+        with warnings.catch_warnings(), torch.sparse.check_sparse_tensor_invariants(enable=True):
+            warnings.simplefilter("ignore")
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:
+                if "mmap can only be used" not in str(err):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except MemoryError:
+        raise UserError(path, "refused: the checkpoint declares more data than fits in memory") from None
     except pickle.UnpicklingError as err:
         text = str(err)
         if "Weights only load failed" in text:
@@ -97,7 +105,8 @@ def _torch_load(path: Path) -> Any:
         if "zip archive" in first or "central directory" in first:
             raise UserError(path, "truncated or corrupt PyTorch checkpoint (its zip archive is unreadable)") from None
         raise UserError(path, f"cannot read as a PyTorch checkpoint: {first[:200]}") from None
-    except (EOFError, ValueError, OSError, AttributeError, ImportError, KeyError, IndexError) as err:
+    except (EOFError, ValueError, OSError, AttributeError, ImportError, KeyError, IndexError, TypeError,
+            OverflowError, RecursionError, struct.error) as err:
         raise UserError(path, f"not a readable PyTorch checkpoint ({type(err).__name__}: {str(err)[:160]})") from None
 
 
@@ -133,6 +142,27 @@ def strip_prefixes(keys: list[str]) -> str:
             return prefix
 
 
+def _check_tensor(tensor: Any, name: str, path: Path) -> None:
+    """Refuse tensors that are not plain dense ones backed by their own bytes in the file.
+
+    A tensor's shape and strides are free in a checkpoint: zero or overlapping strides make a tiny
+    storage look like gigabytes (a 55 KB file expanding to 23 GiB on the first copy). A dense tensor
+    that views its storage without overlap never has more elements than the storage holds."""
+    import torch
+
+    if tensor.layout != torch.strided:
+        raise UserError(path, f"{name}: a {str(tensor.layout).replace('torch.', '')} tensor; a backbone "
+                        "state_dict holds dense tensors only")
+    if tensor.numel() == 0:
+        return
+    needed = tensor.numel() * tensor.element_size()
+    storage = tensor.untyped_storage().nbytes() - tensor.storage_offset() * tensor.element_size()
+    if needed > storage or any(s <= 0 for s, n in zip(tensor.stride(), tensor.shape) if n > 1):
+        raise UserError(path, f"{name}: shape {list(tensor.shape)} with strides {list(tensor.stride())} views "
+                        f"{needed} bytes through {max(storage, 0)} stored bytes (expanded or overlapping "
+                        "strides; refused)")
+
+
 def read_torch_checkpoint(path: str | Path) -> TorchCheckpoint:
     """Read a ``.pth``/``.pt`` backbone safely: raw or wrapped state_dicts, DDP prefixes, fp16/bf16 cast to fp32."""
     import torch
@@ -146,6 +176,7 @@ def read_torch_checkpoint(path: str | Path) -> TorchCheckpoint:
     dtypes: dict[str, str] = {}
     for key, tensor in state.items():
         name = key[len(prefix):]
+        _check_tensor(tensor, name, path)
         dtypes[name] = str(tensor.dtype).replace("torch.", "")
         if tensor.is_floating_point():
             tensor = tensor.detach()
@@ -176,23 +207,51 @@ def read_paddle_weights(path: str | Path) -> PaddleWeights:
         arrays[str(key)] = value
     if not arrays:
         raise UserError(path, "no arrays in the file")
+    return PaddleWeights(arrays, validate_meta(meta, path))
+
+
+INT64_MAX = 2**63 - 1
+# the metadata this project writes into .pdparams (converters/mapping.py, torch2paddle.py): key -> check
+META_SCHEMA = {
+    "format": ("an integer", lambda v: _is_int(v) and 0 <= v <= 1_000_000),
+    "arch": ("an architecture name", lambda v: isinstance(v, str) and 0 < len(v) <= 64),
+    "num_features": ("an integer in [1, 65536]", lambda v: _is_int(v) and 1 <= v <= 65536),
+    "num_batches_tracked": ("a dict of state_dict key -> integer in [0, 2**63)",
+                            lambda v: isinstance(v, dict) and all(
+                                isinstance(k, str) and _is_int(n) and 0 <= n <= INT64_MAX for k, n in v.items())),
+    "demo": ("a boolean", lambda v: isinstance(v, bool)),
+    "source_sha256": ("a sha256 hex string", lambda v: isinstance(v, str) and len(v) <= 128),
+    "source_dtypes": ("a list of dtype names", lambda v: isinstance(v, list) and all(
+        isinstance(d, str) and len(d) <= 64 for d in v)),
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_meta(meta: Any, path: str | Path) -> dict[str, Any]:
+    """The ``__arcface_bridge__`` entry checked against ``META_SCHEMA`` (unknown keys are kept unread);
+    a wrong type or range is a one-line error naming the field."""
     if not isinstance(meta, dict):
-        raise UserError(path, f"{META_KEY}: malformed metadata")
-    return PaddleWeights(arrays, dict(meta))
+        raise UserError(path, f"{META_KEY}: metadata must be a dict, found {_brief(meta)}")
+    for key, value in meta.items():
+        if not isinstance(key, str):
+            raise UserError(path, f"{META_KEY}: metadata key {_brief(key)} is not a string")
+        rule = META_SCHEMA.get(key)
+        if rule is not None and not rule[1](value):
+            raise UserError(path, f"{META_KEY}.{key}: expected {rule[0]}, found {_brief(value)}")
+    return dict(meta)
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+def _brief(value: Any) -> str:
+    if isinstance(value, (dict, list, tuple)):
+        text = f"with {len(value)} entries"
+    elif _is_int(value) and value.bit_length() > 64:
+        text = f"of {value.bit_length()} bits"
+    else:
+        text = repr(value)[:60]
+    return f"{type(value).__name__} {text}"
 
 
 def write_paddle_weights(path: str | Path, weights: PaddleWeights, atomic: bool = True) -> None:
@@ -213,5 +272,7 @@ def write_torch_state_dict(path: str | Path, arrays: OrderedDict[str, np.ndarray
     import torch
 
     state = OrderedDict((k, torch.from_numpy(v if v.flags.c_contiguous else v.copy())) for k, v in arrays.items())
-    with atomic_output(path) if atomic else contextlib.nullcontext(Path(path)) as target:
-        torch.save(state, target)
+    # through a Python file object: a failed write (no space, ...) raises OSError, not torch's RuntimeError
+    with atomic_output(path) if atomic else contextlib.nullcontext(Path(path)) as target, \
+            open(target, "wb") as fh:
+        torch.save(state, fh)

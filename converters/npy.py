@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def read_npy(path: str | Path, what: str = "array") -> np.ndarray:
                     shape, fortran, dtype = reader(fh, max_header_size=MAX_HEADER)
                 else:
                     raise ValueError(f"unsupported .npy version {version}")
-            except (ValueError, SyntaxError, TypeError, OverflowError) as err:
+            except (ValueError, SyntaxError, TypeError, OverflowError, tokenize.TokenError) as err:
                 raise UserError(path, f"not a readable .npy file ({str(err).splitlines()[0][:160]})") from None
             if (dtype.names is not None or dtype.subdtype is not None or dtype.hasobject
                     or dtype.str[1:] not in PLAIN_DTYPES):

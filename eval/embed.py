@@ -222,16 +222,35 @@ class OnnxEmbedder(Embedder):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # InsightFace's exports declare output batch 1: ort warns every batch
+        # 3: InsightFace's exports declare output batch 1 and ort warns every batch; 4: a failing run's
+        # error is reported once, as this project's one line (ort would also print it as a log line)
+        options.log_severity_level = 4
         providers = ["CUDAExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # onnxruntime's own exception types (InvalidGraph, Fail, ...)
             raise UserError(path, f"onnxruntime cannot load it ({str(err).splitlines()[0][:200]})") from None
         self.input_name = self.session.get_inputs()[0].name
+        self.path = path
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = 4
+        self(np.zeros((2, *INPUT_SHAPE), np.float32))  # a model that cannot run fails now, before any work
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        try:
+            out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)},
+                                   self.run_options)[0]
+        except Exception as err:  # onnxruntime's own types (InvalidArgument, Fail, RuntimeException, ...)
+            text = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+            raise UserError(self.path, f"onnxruntime failed running the model on a batch of {list(batch.shape)} "
+                            f"({text[:240]})") from None
+        if not isinstance(out, np.ndarray) or out.dtype.kind not in "fiu":
+            found = f"{out.dtype} array" if isinstance(out, np.ndarray) else type(out).__name__
+            raise UserError(self.path, f"the model's output is a {found}, expected float embeddings")
+        if out.ndim != 2 or len(out) != len(batch):
+            raise UserError(self.path, f"the model returned shape {list(out.shape)} for a batch of {len(batch)} "
+                            f"images (expected [{len(batch)}, D])")
+        return out.astype(np.float32, copy=False)
 
 
 # ------------------------------------------------------------------------------------ export and cache

@@ -163,3 +163,40 @@ def test_cli_process_exit_code_and_single_stderr_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.pth'}: no such file"]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("meta,words", [
+    ("r18", "__arcface_bridge__: metadata must be a dict, found str 'r18'"),
+    ([1, 2], "__arcface_bridge__: metadata must be a dict, found list with 2 entries"),
+    (10**30, "__arcface_bridge__: metadata must be a dict, found int of 100 bits"),
+    ({"num_features": 10**30}, "__arcface_bridge__.num_features: expected an integer in [1, 65536], found int of 100 bits"),
+    ({"num_features": "512"}, "__arcface_bridge__.num_features: expected an integer in [1, 65536], found str '512'"),
+    ({"arch": ["r18"]}, "__arcface_bridge__.arch: expected an architecture name, found list"),
+    ({"num_batches_tracked": "many"}, "__arcface_bridge__.num_batches_tracked: expected a dict"),
+    ({"num_batches_tracked": {"bn1.num_batches_tracked": 10**30}}, "__arcface_bridge__.num_batches_tracked"),
+    ({"demo": "yes"}, "__arcface_bridge__.demo: expected a boolean"),
+    ({7: 1}, "__arcface_bridge__: metadata key int 7 is not a string"),
+])
+def test_pdparams_metadata_is_checked_by_schema(meta, words, tmp_path, capsys):
+    from converters.checkpoint import META_KEY
+    from converters.mapping import layout
+
+    arrays = {e.paddle_key: np.zeros(e.paddle_shape, np.float32) for e in layout("mbf") if e.paddle_key}
+    src = tmp_path / "meta.pdparams"
+    src.write_bytes(pickle.dumps({**arrays, META_KEY: meta}, protocol=4))
+    out = tmp_path / "w.pth"
+    code = exit_code(paddle2torch.main, ["--src", src, "--out", out])
+    check_error(capsys, code, src, words)
+    assert not out.exists()
+
+
+def test_pdparams_with_valid_and_unknown_metadata_converts(tmp_path, capsys):
+    from converters.checkpoint import META_KEY, read_paddle_weights
+    from converters.mapping import layout
+
+    arrays = {e.paddle_key: np.zeros(e.paddle_shape, np.float32) for e in layout("mbf") if e.paddle_key}
+    src = tmp_path / "ok.pdparams"
+    meta = {"format": 1, "arch": "mbf", "num_features": 512, "num_batches_tracked": {}, "demo": False,
+            "source_dtypes": ["float32"], "a_future_key": [1, 2]}
+    src.write_bytes(pickle.dumps({**arrays, META_KEY: meta}, protocol=4))
+    assert read_paddle_weights(src).meta == meta

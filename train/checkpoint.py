@@ -8,14 +8,15 @@ ones (``conv2d_3.w_0``), so a checkpoint does not depend on the order layers wer
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from converters.checkpoint import atomic_output
 from converters.errors import UserError
+from converters.outputs import atomic_output
 from converters.safe_pickle import load_user_pickle
 
 FORMAT = "arcface-bridge-train/1"
@@ -40,17 +41,144 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
     """Write ``state`` atomically: a crash mid-save leaves the previous checkpoint intact."""
     payload = {"format": FORMAT, **to_numpy_tree(state)}
     with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        if os.environ.get(PAUSE_HOOK) == str(state.get("step")):
+            _write_half_and_pause(fh, payload)
         pickle.dump(payload, fh, protocol=5)
 
 
+# test hook (fault injection): the checkpoint of this step stops after half its bytes, so a test can SIGKILL
+# the run in the middle of a checkpoint write
+PAUSE_HOOK = "ARCFACE_BRIDGE_TEST_PAUSE_SAVE_AT_STEP"
+
+
+def _write_half_and_pause(fh, payload: dict) -> None:
+    import time
+
+    data = pickle.dumps(payload, protocol=5)
+    fh.write(data[:len(data) // 2])
+    fh.flush()
+    time.sleep(3600)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely and check its schema (keys, types, ranges) before anything uses it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(path, "no checkpoint to resume from")
     state = load_user_pickle(path, "training checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(path, f"not a training checkpoint of this project (expected format {FORMAT})")
+    validate_checkpoint(state, path)
     return state
+
+
+# the config keys a resume compares with the current run (train/train.py) and the progress counters
+RESUME_CONFIG_KEYS = ("network", "embedding_size", "num_classes", "batch_size", "sample_rate", "pfc_update",
+                      "optimizer", "num_image")
+COUNTERS = {"step": 0, "epoch": 0, "batch": 0, "world_size": 1}
+MAX_COUNTER = 2**62
+
+
+def validate_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
+    """One-line ``UserError`` naming the first missing or mistyped field of a checkpoint's ``state``."""
+    from train.config import FIELD_TYPES, _check_type
+
+    def bad(field: str, problem: str):
+        raise UserError(path, f"checkpoint field {field!r}: {problem}")
+
+    for key, minimum in COUNTERS.items():
+        if key not in state:
+            bad(key, "missing")
+        value = state[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            bad(key, f"expected an integer, found {_kind(value)}")
+        if not minimum <= value <= MAX_COUNTER:
+            bad(key, f"must be in [{minimum}, 2**62], got {_kind(value)}")
+    config = _require_dict(state, "config", bad)
+    for key in RESUME_CONFIG_KEYS:
+        if key not in config:
+            bad(f"config.{key}", "missing")
+    for key, value in config.items():
+        if not isinstance(key, str):
+            bad("config", f"key of type {type(key).__name__} (expected strings)")
+        if key in FIELD_TYPES:
+            try:
+                _check_type(key, value)
+            except TypeError as err:
+                bad(f"config.{key}", str(err))
+            if isinstance(value, int) and value.bit_length() > 64:
+                bad(f"config.{key}", f"out of range ({_kind(value)})")
+    for name in ("backbone", "pfc"):
+        _require_arrays(_require_dict(state, name, bad), name, bad)
+    optimizer = _require_dict(state, "optimizer", bad)
+    for key, value in optimizer.items():
+        if key == "LR_Scheduler":
+            if not isinstance(value, dict):
+                bad("optimizer.LR_Scheduler", f"expected a dict, found {_kind(value)}")
+            for name, item in value.items():
+                if not isinstance(name, str) or not isinstance(item, (int, float, str, type(None))):
+                    bad("optimizer.LR_Scheduler", f"entry {str(name)[:40]!r}: expected a number, found {_kind(item)}")
+        elif key == "master_weights":
+            if not isinstance(value, dict):
+                bad("optimizer.master_weights", f"expected a dict, found {_kind(value)}")
+            _require_arrays(value, "optimizer.master_weights", bad)
+        else:
+            _require_arrays({key: value}, "optimizer", bad)
+    rng = _require_dict(state, "rng", bad)
+    if "pfc_scores" not in rng:
+        bad("rng.pfc_scores", "missing")
+    try:
+        np.random.default_rng().bit_generator.state = rng["pfc_scores"]
+    except (TypeError, ValueError, KeyError, OverflowError) as err:
+        bad("rng.pfc_scores", f"not a numpy generator state ({type(err).__name__}: {str(err)[:120]})")
+    scaler = state.get("scaler")
+    if scaler is not None and not isinstance(scaler, dict):
+        bad("scaler", f"expected a dict or None, found {_kind(scaler)}")
+
+
+def check_state_shapes(path: str | Path, name: str, saved: Mapping[str, Any], layer) -> None:
+    """The checkpoint's ``saved`` arrays for ``layer`` (``name``: backbone or pfc) have exactly the layer's
+    keys and shapes: Paddle's ``set_state_dict`` would only warn and keep the current values."""
+    expected = {k: tuple(v.shape) for k, v in layer.state_dict().items()}
+    missing = [k for k in expected if k not in saved]
+    if missing:
+        raise UserError(path, f"checkpoint field '{name}': missing {missing[0]!r}"
+                        + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                        + " (written for another network or embedding_size?)")
+    extra = [k for k in saved if k not in expected]
+    if extra:
+        raise UserError(path, f"checkpoint field '{name}': unexpected entry {str(extra[0])[:80]!r}")
+    for key, shape in expected.items():
+        if tuple(saved[key].shape) != shape:
+            raise UserError(path, f"checkpoint field '{name}.{key}': shape {list(saved[key].shape)}, "
+                            f"this run's model needs {list(shape)}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"int of {value.bit_length()} bits"
+    if isinstance(value, (dict, list, tuple)):
+        return f"{type(value).__name__} with {len(value)} entries"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:30] + '...'}"
+
+
+def _require_dict(state: Mapping[str, Any], key: str, bad) -> dict:
+    if key not in state:
+        bad(key, "missing")
+    if not isinstance(state[key], dict):
+        bad(key, f"expected a dict, found {_kind(state[key])}")
+    return state[key]
+
+
+def _require_arrays(arrays: Mapping[str, Any], name: str, bad) -> None:
+    for key, value in arrays.items():
+        if not isinstance(key, str):
+            bad(name, f"key of type {type(key).__name__} (expected parameter names)")
+        if not isinstance(value, np.ndarray):
+            bad(f"{name}.{key}", f"expected an array, found {_kind(value)}")
+        if value.dtype.kind not in "fiub":
+            bad(f"{name}.{key}", f"expected a numeric array, found dtype {value.dtype}")
 
 
 # ---------------------------------------------------------------------------- optimizer state by name

@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from converters.errors import UserError
+from converters.errors import UserError, reading
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 ROOT = Path(__file__).resolve().parents[1]
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few dozen short lines
+INT32_MAX = 2**31 - 1  # Paddle's labels are int32
 
 
 @dataclass
@@ -108,7 +110,8 @@ def _check_type(key: str, value: Any) -> Any:
     if isinstance(value, bool) and kind in ("int", "float"):
         raise TypeError(f"{key} must be {kind}, got a boolean")
     if not isinstance(value, expected):
-        raise TypeError(f"{key} must be {kind}, got {type(value).__name__} {value!r}")
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:60] + "..."
+        raise TypeError(f"{key} must be {kind}, got {type(value).__name__} {shown}")
     return value
 
 
@@ -124,10 +127,14 @@ def read_config_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]
     """
     if not path.is_file():
         raise UserError(path, "no such config file")
+    text = _read_text(path)
     try:
-        tree = ast.parse(path.read_text(), filename=str(path))
+        with reading(path, "config file"):
+            tree = ast.parse(text, filename=str(path))
     except SyntaxError as err:
-        raise UserError(path, f"line {err.lineno}: {err.msg}") from None
+        raise UserError(path, f"line {err.lineno}: {err.msg}" if err.lineno else f"not a config file ({err.msg})") from None
+    except ValueError as err:  # e.g. null bytes
+        raise UserError(path, f"not a config file ({err})") from None
     values: dict[str, Any] = {}
     for node in tree.body:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
@@ -155,13 +162,30 @@ def read_config_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]
         if key not in FIELD_TYPES:
             raise UserError(path, f"line {node.lineno}: {_unknown(key)}")
         try:
-            values[key] = _check_type(key, ast.literal_eval(node.value))
+            with reading(path, f"line {node.lineno}: {key}"):
+                values[key] = _check_type(key, ast.literal_eval(node.value))
         except ValueError:
             raise UserError(path, f"line {node.lineno}: {key}: value must be a literal "
                             "(number, string, bool, None, tuple or list)") from None
         except TypeError as err:
             raise UserError(path, f"line {node.lineno}: {err}") from None
     return values
+
+
+def _read_text(path: Path) -> str:
+    """The config file as UTF-8 text, refusing binary, non-UTF-8 and over-long files in one line."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise UserError(path, f"cannot read the config file ({err.strerror or err})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UserError(path, f"config file larger than {MAX_CONFIG_BYTES} bytes (a config is a few "
+                        "'key = value' lines)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(path, f"not UTF-8 text (invalid byte 0x{data[err.start]:02x} at offset {err.start})") from None
 
 
 def resolve_config_path(name_or_path: str) -> Path:
@@ -182,8 +206,9 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         if key not in FIELD_TYPES:
             raise UserError(None, f"override {item!r}: {_unknown(key)}")
         try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
+            with reading(None, f"override {key}"):
+                value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError, TypeError):
             value = raw
         if FIELD_TYPES[key] == "str" and not isinstance(value, str):
             value = raw
@@ -202,19 +227,55 @@ def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> TrainConfig
         raise UserError(path, f"no such config file (names in train/configs: {known})")
     values = read_config_file(CONFIG_DIR / "base.py")
     values.update(read_config_file(path))
-    values.update(parse_overrides(overrides))
+    overrides = list(overrides)
+    given = parse_overrides(overrides)
+    values.update(given)
     config = TrainConfig(**values)
     if config.output is None:
         config.output = str(Path("work_dirs") / path.stem)
-    validate(config, path)
+    # a bad value is reported where it was given: the last override of the key, else the config file
+    origins = {item.partition("=")[0]: item for item in overrides if item.partition("=")[0] in given}
+    validate(config, path, origins)
     return config
 
 
-def validate(config: TrainConfig, path: Path | None = None) -> None:
-    """Values that are well-typed but unusable are errors before anything runs."""
+# integer keys: (smallest, largest, why the largest); every size fits Paddle's int32
+INT_RANGES = {
+    "embedding_size": (1, 65536, ""),
+    "num_classes": (1, INT32_MAX, " (Paddle's int32 labels)"),
+    "num_image": (1, INT32_MAX, " (Paddle's int32 indices)"),
+    "batch_size": (1, INT32_MAX, ""),
+    "num_epoch": (1, 1_000_000, ""),
+    "warmup_epoch": (0, 1_000_000, ""),
+    "gradient_acc": (1, INT32_MAX, ""),
+    "num_workers": (0, 256, ""),
+    "seed": (0, 2**32 - 1, ""),
+    "save_every": (0, INT32_MAX, ""),
+    "verbose": (1, INT32_MAX, ""),
+    "frequent": (1, INT32_MAX, ""),
+}
+# float keys: (low, high, low excluded, high excluded)
+FLOAT_RANGES = {
+    "lr": (0.0, math.inf, False, True),
+    "weight_decay": (0.0, math.inf, False, True),
+    "momentum": (0.0, 1.0, False, False),
+    "scale": (0.0, math.inf, True, True),
+    "max_norm": (0.0, math.inf, True, True),
+    "dropout": (0.0, 1.0, False, True),
+    "sample_rate": (0.0, 1.0, True, False),
+    "interclass_filtering_threshold": (0.0, 1.0, False, False),
+}
+
+
+def validate(config: TrainConfig, path: Path | None = None, origins: dict[str, str] | None = None) -> None:
+    """Values that are well-typed but unusable are errors before anything runs (naming the config file,
+    or the command-line override in ``origins`` that gave the key)."""
     from torch_reference import MODEL_NAMES
 
     def bad(message: str):
+        key = message.split(" ", 1)[0].rstrip(":")
+        if origins and key in origins:
+            raise UserError(None, f"override {origins[key][:80]!r}: {message}")
         raise UserError(path, message)
 
     for key, options in CHOICES.items():
@@ -226,17 +287,23 @@ def validate(config: TrainConfig, path: Path | None = None) -> None:
         bad(f"margin_list must be three numbers (m1, m2, m3), got {config.margin_list!r}")
     if config.dali:
         bad("dali = True: NVIDIA DALI is not available with Paddle; use the RecordIO reader (dali = False)")
-    positive = ("embedding_size", "num_classes", "num_image", "batch_size", "num_epoch", "gradient_acc",
-                "frequent", "verbose")
-    for key in positive:
-        if getattr(config, key) <= 0:
-            bad(f"{key} must be positive, got {getattr(config, key)}")
-    if not 0.0 <= config.sample_rate <= 1.0:
-        bad(f"sample_rate must be in [0, 1], got {config.sample_rate}")
-    if not (config.lr > 0 and math.isfinite(config.lr)):
-        bad(f"lr must be a positive number, got {config.lr}")
-    if config.save_every < 0 or config.warmup_epoch < 0 or config.num_workers < 0:
-        bad("save_every, warmup_epoch and num_workers must not be negative")
+    if not all(isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m)
+               for m in config.margin_list):
+        bad(f"margin_list must be three finite numbers, got {config.margin_list!r}")
+    if not all(isinstance(t, str) and t for t in config.val_targets):
+        bad(f"val_targets must be pack names (strings), got {config.val_targets!r}"[:300])
+    for key, (low, high, note) in INT_RANGES.items():
+        value = getattr(config, key)
+        if value < low:
+            bad(f"{key} must be positive, got {value}" if low == 1 else f"{key} must not be negative, got {value}")
+        if value > high:
+            bad(f"{key} must be at most {high}{note}, got {value}")
+    for key, (low, high, low_open, high_open) in FLOAT_RANGES.items():
+        value = getattr(config, key)
+        if not (math.isfinite(value) and (value > low if low_open else value >= low)
+                and (value < high if high_open else value <= high)):
+            span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            bad(f"{key} must be a finite number in {span}, got {value}")
     if config.warmup_epoch >= config.num_epoch:
         bad(f"warmup_epoch ({config.warmup_epoch}) must be smaller than num_epoch ({config.num_epoch})")
     if not config.rec:

@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
-from paddle.io import DataLoader, Dataset, Sampler
+from paddle.io import Dataset, Sampler
 
+from .loader import CheckedDataLoader
 from .sampler import DistributedSampler
 
 
@@ -67,13 +68,14 @@ class ResumableBatches(Sampler):
 
 
 def resumable_loader(dataset: Dataset, batch_size: int, rank: int, world_size: int, seed: int,
-                     num_workers: int) -> DataLoader:
+                     num_workers: int) -> CheckedDataLoader:
     """A DataLoader whose ``batch_sampler.set_position(epoch, start_batch)`` picks where it starts.
 
     Workers are persistent: Paddle forks them once, before training starts (forking after training
-    has run can deadlock with Paddle 3.3.1, see ``loader.get_dataloader``).
+    has run can deadlock with Paddle 3.3.1, see ``loader.get_dataloader``). A sample that cannot be read,
+    or a worker that dies, ends the iteration with one ``UserError`` (``loader.CheckedDataLoader``).
     """
     sampler = DistributedSampler(len(dataset), world_size, rank, shuffle=True, seed=seed)
     batches = ResumableBatches(sampler, batch_size)
-    return DataLoader(EpochKeyedDataset(dataset, seed), batch_sampler=batches, num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+    return CheckedDataLoader(EpochKeyedDataset(dataset, seed), batch_sampler=batches, num_workers=num_workers,
+                             persistent_workers=num_workers > 0)

@@ -83,3 +83,66 @@ def test_extends_reads_the_parent_first_and_refuses_loops(tmp_path):
     loop_b.write_text(f"extends = {str(loop_a)!r}\n")
     with pytest.raises(UserError, match="loops back to itself"):
         read_config_file(loop_a)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"lr = 0.1  # caf\xe9\n", "not UTF-8 text (invalid byte 0xe9 at offset 15)"),
+    (b"lr = 0.1\x00\n", "not a config file"),
+    (b"lr = " + b"-" * 100_000 + b"1\n", "too large or too deeply nested to read"),  # parser stack: MemoryError
+    (b"lr = a" + b".b" * 100_000 + b"\n", "nested too deeply to read"),  # RecursionError
+    (b"val_targets = " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "too many nested parentheses"),
+    (b"notes = '" + b"x" * (1 << 20) + b"'\n", "config file larger than 1048576 bytes"),
+    (b"lr = " + b"[1, " * 150 + b"]" * 150 + b"\n", "lr must be float, got list [1, [1,"),
+])
+def test_unreadable_and_hostile_config_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "job.py"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        read_config_file(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 400
+
+
+@pytest.mark.parametrize("override,message", [
+    ("num_classes=100000000000", "num_classes must be at most 2147483647 (Paddle's int32 labels)"),
+    ("num_classes=-3", "num_classes must be positive"),
+    ("num_image=2147483648", "num_image must be at most 2147483647"),
+    ("lr=-0.1", "lr must be a finite number in [0, inf), got -0.1"),
+    ("lr=float('nan')", "lr must be float"),
+    ("weight_decay=-1", "weight_decay must be a finite number in [0, inf)"),
+    ("batch_size=0", "batch_size must be positive"),
+    ("num_epoch=0", "num_epoch must be positive"),
+    ("sample_rate=0", "sample_rate must be a finite number in (0, 1]"),
+    ("sample_rate=1.5", "sample_rate must be a finite number in (0, 1]"),
+    ("num_workers=-1", "num_workers must not be negative"),
+    ("gradient_acc=0", "gradient_acc must be positive"),
+    ("embedding_size=0", "embedding_size must be positive"),
+    ("margin_list=(1.0, 1e400, 0.0)", "margin_list must be three finite numbers"),
+    ("val_targets=[1, 2]", "val_targets must be pack names"),
+    ("seed=-1", "seed must not be negative"),
+])
+def test_out_of_range_values_name_the_override(override, message):
+    with pytest.raises(UserError) as err:
+        load_config("tiny_synthetic", [override])
+    text = str(err.value)
+    assert text.startswith(f"override {override!r}: ") or "must be float" in message, text
+    assert message in text, text
+
+
+def test_out_of_range_value_in_a_file_names_the_file(tmp_path):
+    path = tmp_path / "job.py"
+    path.write_text("rec = 'synthetic'\nnum_image = 10\nnum_classes = 10 ** 11\n")
+    with pytest.raises(UserError, match="value must be a literal"):
+        load_config(str(path))
+    path.write_text("rec = 'synthetic'\nnum_image = 10\nnum_classes = 100000000000\nlr = 0.0\n")
+    with pytest.raises(UserError) as err:
+        load_config(str(path))
+    assert str(err.value).startswith(f"{path}: num_classes must be at most 2147483647")
+    path.write_text("rec = 'synthetic'\nnum_image = 10\nnum_classes = 10\nlr = 0.0\n")
+    assert load_config(str(path)).lr == 0.0  # a frozen run is allowed
+
+
+def test_deeply_nested_override_is_one_line():
+    with pytest.raises(UserError) as err:
+        parse_overrides(["lr=" + "-" * 100_000 + "1"])
+    assert "\n" not in str(err.value)

@@ -186,3 +186,75 @@ def test_loader_worker_flips_follow_insightface_seeding(small_dataset, small_dat
         np.testing.assert_array_equal(got, expected)
     del loader
     gc.collect()
+
+
+class FailingDataset:
+    """10 tiny samples; sample 6 raises a UserError, a bug, or kills its worker process."""
+
+    def __init__(self, how: str):
+        self.how = how
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index: int):
+        if index == 6:
+            if self.how == "user":
+                raise UserError("pack/train.rec", "record key 7: cannot be decoded")
+            if self.how == "bug":
+                raise KeyError("a bug in the dataset")
+            if self.how == "kill":
+                import os
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
+        return np.zeros(3, np.float32), np.int64(index)
+
+
+def _drain(loader) -> None:
+    for _ in range(3):  # a few epochs: persistent workers are reused
+        for _batch in loader:
+            pass
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_a_failing_sample_stops_the_loader_with_its_own_error(workers):
+    import time
+
+    from paddle.io import BatchSampler
+
+    from train.data.loader import CheckedDataLoader, DataLoaderWorkerBug
+
+    for how in ("user", "bug"):
+        loader = CheckedDataLoader(FailingDataset(how), source="pack/train.rec", num_workers=workers,
+                                   batch_sampler=BatchSampler(range(10), batch_size=2),
+                                   persistent_workers=workers > 0)
+        started = time.monotonic()
+        if how == "user":
+            with pytest.raises(UserError) as err:
+                _drain(loader)
+            assert str(err.value) == "pack/train.rec: record key 7: cannot be decoded"
+        else:
+            with pytest.raises(DataLoaderWorkerBug, match="KeyError: 'a bug in the dataset'"):
+                _drain(loader)
+        assert time.monotonic() - started < 20
+        del loader
+        gc.collect()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_killed_worker_stops_the_loader_within_seconds(workers):
+    import time
+
+    from paddle.io import BatchSampler
+
+    from train.data.loader import CheckedDataLoader
+
+    loader = CheckedDataLoader(FailingDataset("kill"), source="pack/train.rec", num_workers=workers,
+                               batch_sampler=BatchSampler(range(10), batch_size=2), persistent_workers=True)
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"^pack/train\.rec: a data-loader worker died \(killed by SIGKILL\)"):
+        _drain(loader)
+    assert time.monotonic() - started < 20
+    del loader
+    gc.collect()
