@@ -19,6 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import the project from its root, not this folder
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from converters.cli import ArgumentParser  # noqa: E402
 from converters.errors import run_cli  # noqa: E402
 from torch_reference.specs import MODEL_NAMES  # noqa: E402
 
@@ -30,7 +31,7 @@ class CheckFailed(Exception):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from converters.verify import add_verify_arguments
 
-    parser = argparse.ArgumentParser(prog="paddle2torch.py", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="paddle2torch.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=MODEL_NAMES, help="expected architecture (default: detected)")
     parser.add_argument("--src", type=Path, required=True, help="Paddle weights (.pdparams)")
@@ -66,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads, paddle=args.verify)
     from converters.arch import detect_arch, resolve_arch
     from converters.checkpoint import (
-        atomic_output,
         read_paddle_weights,
         read_torch_checkpoint,
         sha256_file,
@@ -74,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     from converters.mapping import paddle_to_torch
     from converters.models import torch_model
+    from converters.outputs import atomic_output, check_outputs
     from converters.verify import log, run_parity, write_report
+
+    check_outputs({"--src": args.src, "--check-against": args.check_against,
+                   "--input": None if args.input == "random" else Path(args.input)},
+                  {"--out": args.out, "--report": args.report})  # before any work
 
     weights = read_paddle_weights(args.src)
     detected = detect_arch({k: v.shape for k, v in weights.arrays.items()}, args.src, "paddle")
@@ -86,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     original = read_torch_checkpoint(args.check_against).arrays if args.check_against else None
 
     report = None
+    failure = "parity gate failed"
     try:
         with atomic_output(args.out) as tmp:
             write_torch_state_dict(tmp, arrays, atomic=False)
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             if original is not None:
                 problems = compare_exact(written, original)
                 if problems:
-                    log(f"error: {args.out}: differs from {args.check_against}: {'; '.join(problems[:5])}")
+                    failure = f"differs from {args.check_against}: {'; '.join(problems[:5])}"
                     raise CheckFailed
                 print(f"bit-identical to {args.check_against}: {len(original)} tensors, same keys, order and dtypes")
             if args.verify:
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             digest = sha256_file(tmp)
     except CheckFailed:
         write_report(args.report, report, {"tool": "paddle2torch", "arch": info.name, "output": None})
-        log(f"error: {args.out}: not written, check failed")
+        print(f"error: {args.out}: not written, {failure}", file=sys.stderr, flush=True)
         return 1
     write_report(args.report, report, {"tool": "paddle2torch", "arch": info.name,
                                        "source": {"path": str(args.src), "sha256": sha256_file(args.src)},

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import warnings
 
 
@@ -65,3 +67,22 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StdoutHandler(logging.StreamHandler):
+    """A log handler that writes to whatever ``sys.stdout`` is when each record is emitted.
+
+    The tools print progress on stdout and keep stderr for the one-line error; resolving the stream
+    late lets redirections (and test capture) apply to handlers made earlier."""
+
+    def __init__(self, fmt: str = "%(message)s"):
+        super().__init__()
+        self.setFormatter(logging.Formatter(fmt))
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass

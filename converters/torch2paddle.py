@@ -19,6 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import the project from its root, not this folder
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from converters.cli import ArgumentParser  # noqa: E402
 from converters.errors import run_cli  # noqa: E402
 from torch_reference.specs import MODEL_NAMES  # noqa: E402
 
@@ -33,7 +34,7 @@ class GateFailed(Exception):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from converters.verify import add_verify_arguments
 
-    parser = argparse.ArgumentParser(prog="torch2paddle.py", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="torch2paddle.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=MODEL_NAMES, help="expected architecture (default: detected; r50 "
                         "for the demo when no checkpoint is given or found)")
@@ -79,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
 
     set_threads(args.threads, paddle=not args.no_verify)
     from converters.arch import detect_arch, resolve_arch
-    from converters.checkpoint import atomic_output, read_torch_checkpoint, sha256_file, write_paddle_weights
+    from converters.checkpoint import read_torch_checkpoint, sha256_file, write_paddle_weights
     from converters.mapping import torch_to_paddle
+    from converters.outputs import atomic_output, check_outputs
+
+    inputs = {"--src": args.src, "--input": None if args.input == "random" else Path(args.input)}
+    check_outputs(inputs, {"--out": args.out, "--report": args.report})  # before any work
     from converters.verify import log, run_parity, write_report
 
     demo = False
@@ -106,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if out is None:
         out = WEIGHTS / ("demo" if demo else "paddle") / (f"{info.name}-DEMO-random.pdparams" if demo
                                                            else f"{info.name}.pdparams")
+        check_outputs({**inputs, "--src": src}, {"--out": out, "--report": args.report})
     report = None
     try:
         with atomic_output(out) as tmp:
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             digest = sha256_file(tmp)
     except GateFailed:
         write_report(args.report, report, _report_fields(src, src_digest, None, None, info, demo))
-        log(f"error: {out}: not written, parity gate failed")
+        print(f"error: {out}: not written, parity gate failed", file=sys.stderr, flush=True)
         return 1
     write_report(args.report, report, _report_fields(src, src_digest, out, digest, info, demo))
     kind = "DEMO (random weights) " if demo else ""

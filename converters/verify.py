@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from .checkpoint import PaddleWeights, atomic_output
+from .checkpoint import PaddleWeights
+from .cli import int_range, random_seed, thread_count
 from .inputs import parity_input
 from .models import paddle_model, torch_model
+from .outputs import atomic_output
 from .parity import ParityReport, compare_forward
 
 
@@ -21,9 +22,9 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("verification")
     group.add_argument("--input", default="random", metavar="random|PACK.bin",
                        help="parity input: seeded random images (default) or real faces from a .bin pack")
-    group.add_argument("--batch", type=int, default=4, help="images in the parity batch (default 4)")
-    group.add_argument("--seed", type=int, default=0, help="seed of the random parity input (default 0)")
-    group.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    group.add_argument("--batch", type=int_range(1, 1024), default=4, help="images in the parity batch (default 4)")
+    group.add_argument("--seed", type=random_seed, default=0, help="seed of the random parity input (default 0)")
+    group.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: all cores)")
     group.add_argument("--table", choices=("full", "failures", "none"), default="full",
                        help="per-layer table to print (default full)")
     group.add_argument("--report", type=Path, default=None, metavar="PATH.json",
@@ -31,7 +32,8 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """Progress and facts about the run go to stdout; stderr is kept for the one-line error."""
+    print(message, flush=True)
 
 
 def run_parity(arch: str, num_features: int, torch_arrays: Mapping[str, np.ndarray],

@@ -25,6 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import the project from its root, not this folder
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from converters.cli import ArgumentParser, int_range, thread_count  # noqa: E402
 from converters.errors import UserError, run_cli  # noqa: E402
 from eval.embed import BACKENDS, DEFAULT_BATCH_SIZE, DEVICES  # noqa: E402
 from torch_reference.specs import MODEL_NAMES  # noqa: E402
@@ -35,7 +36,7 @@ log = logging.getLogger("eval.verify")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="verify.py", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="verify.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--weights", type=Path, help=".pdparams, .pth/.pt or .onnx")
@@ -45,9 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--backend", choices=BACKENDS, help="default paddle-inference (onnx for an .onnx file)")
     model.add_argument("--compare", choices=BACKENDS, metavar="BACKEND",
                        help="also embed with this backend and count the pairs judged differently")
-    model.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    model.add_argument("--batch-size", type=int_range(1, 4096), default=DEFAULT_BATCH_SIZE,
                        help=f"images per forward pass (default {DEFAULT_BATCH_SIZE}; results do not depend on it)")
-    model.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    model.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: all cores)")
     model.add_argument("--device", choices=DEVICES, default="cpu", help="default cpu")
     model.add_argument("--cache-dir", type=Path, help="where exported Paddle Inference / ONNX models are cached "
                        "(default: a private folder under the system temp dir)")
@@ -68,8 +69,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--weights needs --data")
     if args.embeddings is not None and args.issame is None:
         parser.error("--embeddings needs --issame")
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
     return args
 
 
@@ -95,18 +94,14 @@ def find_targets(data: Path, targets: str | None) -> list[Path]:
 
 
 def load_precomputed(args: argparse.Namespace):
-    """Read ``--embeddings``/``--issame`` (``np.load`` without pickles) and check their shapes."""
+    """Read ``--embeddings``/``--issame`` (the safe ``.npy`` reader: no pickles, no ``.npz``, header
+    checked) and check their shapes."""
     import numpy as np
 
-    arrays = []
-    for path in (args.embeddings, args.issame):
-        try:
-            arrays.append(np.load(path, allow_pickle=False))
-        except FileNotFoundError:
-            raise UserError(path, "no such file") from None
-        except (ValueError, OSError, EOFError) as err:
-            raise UserError(path, f"not a readable .npy array ({str(err)[:160]})") from None
-    emb, issame = arrays
+    from converters.npy import read_npy
+
+    emb = read_npy(args.embeddings, "[2P, D] embeddings")
+    issame = read_npy(args.issame, "[P] same-identity booleans")
     if emb.ndim != 2 or emb.dtype.kind not in "fiu":
         raise UserError(args.embeddings, f"expected a [2P, D] numeric array, found {emb.dtype} {list(emb.shape)}")
     if issame.ndim != 1 or not (issame.dtype == bool or (issame.dtype.kind in "iu" and np.isin(issame, (0, 1)).all())):
@@ -149,12 +144,13 @@ def run_model(args: argparse.Namespace) -> tuple[dict, dict, list]:
         raise UserError(None, f"--compare {args.compare} is the backend being evaluated; choose another")
     meta_sha = source.paddle_weights.meta.get("source_sha256") if source.paddle_weights is not None else None
     known = find_known(args.weights, source.sha256, source.arch, meta_sha, args.published)
-    log.info("%s: %s, %d-d embedding, sha256 %s...; backend %s%s, %d threads, batch %d", args.weights,
-             source.label, source.num_features, source.sha256[:16], backend,
-             f" (compared with {args.compare})" if args.compare else "", threads, args.batch_size)
     embedders = [make_embedder(source, backend, threads, args.device, args.cache_dir)]
     if args.compare:
         embedders.append(make_embedder(source, args.compare, threads, args.device, args.cache_dir))
+    # after the backends are built: a model that cannot run fails with its one line and nothing else
+    log.info("%s: %s, %d-d embedding, sha256 %s...; backend %s%s, %d threads, batch %d", args.weights,
+             source.label, source.num_features, source.sha256[:16], backend,
+             f" (compared with {args.compare})" if args.compare else "", threads, args.batch_size)
     source.release()
 
     results: dict = {}
@@ -191,14 +187,37 @@ def run_model(args: argparse.Namespace) -> tuple[dict, dict, list]:
 BRIEF_KEYS = ("accuracy", "accuracy_std", "fold_accuracies", "thresholds", "xnorm")
 
 
+def input_files(args: argparse.Namespace) -> dict[str, list[Path]]:
+    """Every file this run reads, by option (the packs of a ``--data`` folder too): no output may be one."""
+    data = args.data
+    packs = sorted(data.glob("*.bin")) if data is not None and data.is_dir() else [data]
+    return {"--weights": [args.weights], "--data": packs, "--embeddings": [args.embeddings],
+            "--issame": [args.issame]}
+
+
+def _log_to_stdout() -> None:
+    """Progress and results on stdout, stderr kept for the one-line error. The project's ``eval`` loggers
+    get their own handler: ``import paddle`` installs a handler on the root logger, which would make
+    ``logging.basicConfig`` a no-op and print these lines on stderr in Paddle's format."""
+    from converters.runtime import StdoutHandler
+
+    logger = logging.getLogger("eval")
+    if not any(isinstance(h, StdoutHandler) for h in logger.handlers):
+        logger.addHandler(StdoutHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    _log_to_stdout()
     from converters.runtime import quiet_paddle_import
 
     quiet_paddle_import()
+    from converters.outputs import check_outputs
     from eval.results import accuracy_cell, insightface_lines, read_results, summary_table, write_json
 
+    check_outputs(input_files(args), {"--json": args.json, "--results": args.results})  # before any work
     table = read_results(args.results) if args.results else None  # a bad results file fails before the work
     if args.embeddings is not None:
         results, extra, rows = run_precomputed(args)

@@ -3,7 +3,9 @@ refuses to write, and paddle2torch back to a bit-identical InsightFace state_dic
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -157,3 +159,115 @@ def test_paddle_file_from_paddle_save_converts_back_with_zero_counters(tmp_path,
     state = read_torch_checkpoint(back).arrays
     assert state["layers.0.layers.1.num_batches_tracked"] == 0
     np.testing.assert_array_equal(state["features.layers.2.weight"], model.features.layers[2].weight.numpy().T)
+
+
+# ---------------------------------------------------------------------------------------------------
+# outputs: never onto an input, OS errors as one line, a full disk keeps the previous output
+
+
+@pytest.fixture
+def pair(mbf_state, tmp_path):
+    """``(src.pth, src.pdparams)``: the same mbf weights in both formats."""
+    src = tmp_path / "src.pth"
+    torch.save(tensors(mbf_state), src)
+    pdparams = tmp_path / "src.pdparams"
+    assert exit_code(torch2paddle.main, ["--src", src, "--out", pdparams, "--no-verify"]) == 0
+    return src, pdparams
+
+
+def one_error_line(capsys, code: int, path) -> str:
+    """Exit 2 and exactly one stderr line, ``error: <path>: ...``, no traceback."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {path}: ") and "Traceback" not in lines[0], lines
+    return lines[0]
+
+
+SAME_FILE = {  # (tool, arguments with {pth} / {pd} / {new}, the path named, the message)
+    "t2p --out = --src": ("t2p", ["--src", "{pth}", "--out", "{pth}"], "{pth}", "is also the input --src; choose another --out"),
+    "t2p --report = --out": ("t2p", ["--src", "{pth}", "--out", "{new}", "--report", "{new}"], "{new}",
+                             "given as --out and --report"),
+    "t2p --report = --src": ("t2p", ["--src", "{pth}", "--out", "{new}", "--report", "{pth}"], "{pth}",
+                             "is also the input --src; choose another --report"),
+    "p2t --out = --src": ("p2t", ["--src", "{pd}", "--out", "{pd}"], "{pd}", "is also the input --src; choose another --out"),
+    "p2t --out = --check-against": ("p2t", ["--src", "{pd}", "--out", "{pth}", "--check-against", "{pth}"], "{pth}",
+                                    "is also the input --check-against; choose another --out"),
+    "p2t --report = --src": ("p2t", ["--src", "{pd}", "--out", "{new}", "--report", "{pd}"], "{pd}",
+                             "is also the input --src; choose another --report"),
+}
+
+
+@pytest.mark.parametrize("case", list(SAME_FILE))
+def test_an_output_on_an_input_is_refused_and_the_input_is_unchanged(case, pair, tmp_path, capsys):
+    from converters.checkpoint import sha256_file
+
+    tool, argv, named, message = SAME_FILE[case]
+    names = {"pth": pair[0], "pd": pair[1], "new": tmp_path / "new.out"}
+    before = {p: sha256_file(p) for p in pair}
+    capsys.readouterr()
+    main = torch2paddle.main if tool == "t2p" else paddle2torch.main
+    code = exit_code(main, [a.format(**names) for a in argv])
+    assert message in one_error_line(capsys, code, named.format(**names))
+    assert {p: sha256_file(p) for p in pair} == before and not names["new"].exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.pdparams", "src.pth"]
+
+
+def test_an_out_that_cannot_be_written_is_one_line_before_the_work(pair, tmp_path, capsys, monkeypatch):
+    from converters import outputs
+    from tests.faults import read_only
+
+    src = pair[0]
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    cases = {tmp_path / "adir": "is a directory; give a file name",
+             tmp_path / "afile" / "out.pdparams": f"cannot write: {tmp_path / 'afile'} is a file, not a folder",
+             tmp_path / ("x" * 300 + ".pdparams"): "cannot write: file name too long (309 bytes"}
+    for out, message in cases.items():
+        for tool, source in ((torch2paddle.main, src), (paddle2torch.main, pair[1])):
+            capsys.readouterr()
+            assert message in one_error_line(capsys, exit_code(tool, ["--src", source, "--out", out]), out)
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    with read_only(readonly) as real:
+        if not real:
+            access, statvfs = os.access, os.statvfs  # what access(2) answers on a read-only file system
+            monkeypatch.setattr(outputs.os, "access", lambda p, m, **k: not str(p).startswith(str(readonly))
+                                and access(p, m, **k))
+            monkeypatch.setattr(outputs.os, "statvfs", lambda p: os.statvfs_result((0,) * 8 + (os.ST_RDONLY, 255))
+                                if str(p).startswith(str(readonly)) else statvfs(p))
+        capsys.readouterr()
+        out = readonly / "m.pdparams"
+        code = exit_code(torch2paddle.main, ["--src", src, "--out", out, "--no-verify"])
+        assert "cannot write: read-only file system" in one_error_line(capsys, code, out)
+        code = exit_code(torch2paddle.main, ["--src", src, "--out", tmp_path / "m.pdparams", "--no-verify",
+                                             "--report", readonly / "r.json"])
+        assert "read-only file system" in one_error_line(capsys, code, readonly / "r.json")
+        assert list(readonly.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile", "ro", "src.pdparams", "src.pth"]
+    assert list((tmp_path / "adir").iterdir()) == []
+
+
+@pytest.mark.parametrize("tool", ["torch2paddle", "paddle2torch"])
+def test_a_full_disk_during_a_conversion_keeps_the_previous_output_byte_identical(
+        tool, pair, tmp_path, capsys, monkeypatch):
+    from converters import outputs
+    from tests.faults import raiser, tmpfs
+
+    src, pdparams = pair
+    main, source, name = ((torch2paddle.main, src, "m.pdparams") if tool == "torch2paddle"
+                          else (paddle2torch.main, pdparams, "m.pth"))
+    disk = tmp_path / "disk"
+    size = os.path.getsize(pdparams)
+    with tmpfs(disk, size * 3 // 2 // 1024) as real:  # room for the previous output, not for a second copy
+        out = disk / name
+        assert exit_code(main, ["--src", source, "--out", tmp_path / name]) == 0
+        out.write_bytes((tmp_path / name).read_bytes()[::-1])  # a previous output, distinguishable
+        previous = out.read_bytes()
+        if not real:
+            monkeypatch.setattr(outputs, "_fsync", raiser(errno.ENOSPC))
+        capsys.readouterr()
+        code = exit_code(main, ["--src", source, "--out", out])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err[-1] == f"error: {out}: cannot write: no space left on device", err
+        assert sum(line.startswith("error:") for line in err) == 1 and "Traceback" not in "\n".join(err)
+        assert out.read_bytes() == previous and [p.name for p in disk.iterdir()] == [name]

@@ -15,7 +15,10 @@ log = logging.getLogger("train")
 
 
 def setup_logging(output: Path, rank: int) -> None:
-    """``Training: <time>-<message>`` lines on stderr and in ``output/training.log`` (rank 0)."""
+    """``Training: <time>-<message>`` lines on stdout and in ``output/training.log`` (rank 0); stderr is
+    kept for the one-line error."""
+    from converters.runtime import StdoutHandler
+
     log.setLevel(logging.INFO)
     log.handlers.clear()
     log.propagate = False
@@ -23,7 +26,7 @@ def setup_logging(output: Path, rank: int) -> None:
         log.addHandler(logging.NullHandler())
         return
     fmt = logging.Formatter("Training: %(asctime)s-%(message)s")
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(output / "training.log")):
+    for handler in (StdoutHandler(), logging.FileHandler(output / "training.log", delay=True)):
         handler.setFormatter(fmt)
         log.addHandler(handler)
 

@@ -15,6 +15,7 @@ Exit codes: 0 finished or stopped at --max-steps, 1 the loss diverged, 2 a probl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -24,20 +25,21 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import the project from its root, not this folder
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from converters.cli import ArgumentParser, positive_int, thread_count  # noqa: E402
 from converters.errors import UserError, run_cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="config name in train/configs/ or a config file path")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
     parser.add_argument("--init", type=Path, help="start from these backbone weights (.pdparams or PyTorch .pth)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output")
     parser.add_argument("--output", help="output folder (default: the config's output, else work_dirs/<config>)")
-    parser.add_argument("--max-steps", type=int, help="stop after this global step (resumable)")
+    parser.add_argument("--max-steps", type=positive_int, help="stop after this global step (resumable)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="default cpu")
-    parser.add_argument("--threads", type=int, help="CPU threads per process (default: cores / processes)")
+    parser.add_argument("--threads", type=thread_count, help="CPU threads per process (default: cores / processes)")
     return parser.parse_args(argv)
 
 
@@ -57,8 +59,55 @@ def setup_device(device: str, world_size: int, threads: int | None) -> None:
         paddle.set_device("cpu")
 
 
+class _FreshRun:
+    """What a new run (not ``--resume``) creates in its ``--output``, so that a run failing before its
+    first checkpoint leaves nothing behind: the files it created, and the folder if it made it.
+
+    Nothing is recorded until the run holds the folder's lock and has found no checkpoint there, so a
+    refused second run or a run refused for an existing checkpoint never touches another run's files."""
+
+    def __init__(self):
+        self.folder: Path | None = None
+        self.made_folder = False
+        self.files: list[Path] = []
+        self.checkpoint: Path | None = None
+
+    def record(self, folder: Path, made_folder: bool, checkpoint: Path) -> None:
+        self.folder, self.made_folder, self.checkpoint = folder, made_folder, checkpoint
+        self.files = [folder / name for name in OUTPUT_FILES if not (folder / name).exists()]
+
+    def remove(self) -> None:
+        if self.folder is None or (self.checkpoint is not None and self.checkpoint.exists()):
+            return
+        for path in self.files:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        if self.made_folder:
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()  # only if empty
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    fresh = _FreshRun()
+    try:
+        with contextlib.ExitStack() as held:  # the --output lock, released however the run ends
+            return _main(args, held, fresh)
+    except BaseException:
+        fresh.remove()  # after the lock is released, so the folder can go too
+        raise
+
+
+def _main(args: argparse.Namespace, held: contextlib.ExitStack, fresh: _FreshRun) -> int:
+    from converters.outputs import (
+        OutputLock,
+        atomic_output,
+        check_outputs,
+        lock_names,
+        output_error,
+        prepare_output_dir,
+        remove_stale_temporaries,
+    )
     from train.config import dump, load_config
 
     overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
@@ -68,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.init and args.resume:
         raise UserError(args.init, "--init and --resume together: a resumed run restores its own weights")
     world_size = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+    output = prepare_output_dir(config.output)  # before any work: a file, read-only, a name too long...
+    written = [output / name for name in OUTPUT_FILES] + [output / f"checkpoint_rank{r}.pdckpt"
+                                                          for r in range(world_size)]
+    check_outputs({"--init": args.init}, {"--output": written}, prepare=False)
     setup_device(args.device, world_size, args.threads)
 
     import numpy as np
@@ -92,12 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     if world_size > 1:
         dist.init_parallel_env()
     rank = dist.get_rank() if world_size > 1 else 0
-    output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
+    made_folder = not output.exists()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise output_error(output, err) from None
+    # one run per folder: taken before anything is written into it (each rank locks its own file)
+    held.enter_context(OutputLock(output, lock_names(rank)))
+    remove_stale_temporaries(output)  # half-written files of a killed run
     ckpt_file = checkpoint_path(output, rank)
     if ckpt_file.exists() and not args.resume:
         raise UserError(output, "already holds a training checkpoint: use --resume to continue it, or "
                         "another --output")
+    if not args.resume and rank == 0:
+        fresh.record(output, made_folder, ckpt_file)
     setup_logging(output, rank)
     amp = config.fp16 and args.device == "gpu"
     if config.fp16 and not amp:
@@ -144,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{getattr(config, key)!r} now")
         from converters.checkpoint import PaddleWeights
         from converters.models import load_paddle_weights
+        from train.checkpoint import check_state_shapes
 
+        check_state_shapes(ckpt_file, "backbone", state["backbone"], backbone)
+        check_state_shapes(ckpt_file, "pfc", state["pfc"], trainer.pfc)
         load_paddle_weights(backbone, PaddleWeights(state["backbone"]))
         trainer.pfc.set_state_dict(state["pfc"])
         restore_optimizer_state(trainer.optimizer, named, state["optimizer"], ckpt_file)  # and the schedule
@@ -155,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         start_epoch, start_batch = state["epoch"], state["batch"]
         log.info(f"resumed from {ckpt_file} at step {trainer.global_step} (epoch {start_epoch}, batch {start_batch})")
         _truncate_metrics(output / "metrics.jsonl", trainer.global_step)
+    elif rank == 0:
+        _truncate_metrics(output / "metrics.jsonl", 0)  # a new run: no steps of an earlier, unsaved one
     if rank == 0:
-        (output / "config.json").write_text(dump(config) + "\n")
+        with atomic_output(output / "config.json") as tmp:
+            tmp.write_text(dump(config) + "\n")
         for key, value in config.to_dict().items():
             log.info(": " + key.ljust(25) + str(value))
         log.info(f": {'world_size'.ljust(25)}{world_size}")
@@ -220,11 +287,24 @@ def main(argv: list[str] | None = None) -> int:
         monitor.close()
 
 
+OUTPUT_FILES = ("model.pdparams", "model.pt", "config.json", "metrics.jsonl", "training.log")
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # e.g. the half-written last line of a killed run
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metrics of steps after the checkpoint (a killed run may have logged them)."""
+    from converters.outputs import atomic_output
+
     if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in lines))
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if (n := _step_of(ln)) is not None and n <= step]
+        with atomic_output(path) as tmp:
+            tmp.write_text("".join(ln + "\n" for ln in lines))
 
 
 def _verification(config, backbone, monitor, rank):

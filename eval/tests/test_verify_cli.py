@@ -39,7 +39,8 @@ def test_model_run_prints_insightface_lines_and_compares_backends(r18_files, sma
     assert main(["--weights", str(r18_files["pdparams"]), "--data", str(small_lfw), "--compare", "torch",
                  "--batch-size", "20", "--threads", "2", "--cache-dir", str(r18_files["cache"]), "--no-progress",
                  "--results", str(results), "--json", str(out_json)]) == 0
-    printed = capsys.readouterr().out.splitlines()
+    # progress lines are on stdout too; InsightFace's lines are the ones naming the set
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[small_lfw]")]
     assert re.fullmatch(r"\[small_lfw\]\[0\]XNorm: \d+\.\d{6}", printed[0])
     assert re.fullmatch(r"\[small_lfw\]\[0\]Accuracy: \d\.\d{5}\+-\d\.\d{5}", printed[1])
     assert re.fullmatch(r"\[small_lfw\]\[0\]Accuracy-Flip: \d\.\d{5}\+-\d\.\d{5}", printed[2])
@@ -96,7 +97,7 @@ def test_bad_precomputed_inputs_end_with_one_line(tmp_path, case):
     emb = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
     issame = np.arange(20) % 2 == 0
     expected = {"rows": "40 rows for 21 pairs", "few-pairs": "cannot be split into 10 folds",
-                "issame-dtype": "expected [P] booleans", "nan": "NaN", "pickle-npy": "not a readable .npy",
+                "issame-dtype": "expected [P] booleans", "nan": "NaN", "pickle-npy": "holds object values",
                 "unknown-published": "no model named 'nope'"}[case]
     extra = []
     if case == "rows":
@@ -171,3 +172,60 @@ def test_project_manifest_holds_the_published_numbers():
     assert models["glint360k_cosface_r100_fp16_0.1"].published[0]["accuracy"]["cfp_fp"] == 99.29
     assert models["arcface_paddle_ms1mv2_r50"].published[0]["accuracy"]["cplfw"] == 92.117
     assert all(m.path for m in load_manifest() if not m.name.startswith("arcface_paddle"))
+
+
+def one_error_line(capsys, code: int, path) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {path}: ") and "Traceback" not in lines[0], lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ["json=embeddings", "json=issame", "results=embeddings", "json=results",
+                                  "json=weights", "json=pack-in-data"])
+def test_an_output_on_an_input_is_refused_before_anything_is_written(tmp_path, capsys, case):
+    import hashlib
+
+    from converters.errors import exit_code
+
+    e0, i0 = write_embeddings(tmp_path)
+    weights, data = tmp_path / "w.pdparams", tmp_path / "packs"
+    weights.write_bytes(b"weights")
+    data.mkdir()
+    (data / "lfw.bin").write_bytes(b"pack")
+    precomputed = ["--embeddings", e0, "--issame", i0]
+    model = ["--weights", weights, "--data", data]
+    argv, named, message = {
+        "json=embeddings": (precomputed + ["--json", e0], e0, "is also the input --embeddings; choose another --json"),
+        "json=issame": (precomputed + ["--json", i0], i0, "is also the input --issame; choose another --json"),
+        "results=embeddings": (precomputed + ["--results", e0], e0, "is also the input --embeddings"),
+        "json=results": (precomputed + ["--json", tmp_path / "r.txt", "--results", tmp_path / "r.txt"],
+                         tmp_path / "r.txt", "given as --json and --results"),
+        "json=weights": (model + ["--json", weights], weights, "is also the input --weights; choose another --json"),
+        "json=pack-in-data": (model + ["--json", data / "lfw.bin"], data / "lfw.bin", "is also the input --data"),
+    }[case]
+    digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (e0, i0, weights, data / "lfw.bin")}
+    capsys.readouterr()
+    assert message in one_error_line(capsys, exit_code(main, argv), named)
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in digests} == digests
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e0.npy", "i0.npy", "packs", "w.pdparams"]
+
+
+def test_json_and_results_that_cannot_be_written_are_one_line_before_the_work(tmp_path, capsys):
+    from converters.errors import exit_code
+
+    e0, i0 = write_embeddings(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00results")
+    cases = [("--json", tmp_path / "adir", "is a directory; give a file name"),
+             ("--results", tmp_path / "adir", "is a directory; give a file name"),
+             ("--json", tmp_path / "afile" / "o.json", "is a file, not a folder"),
+             ("--json", tmp_path / ("j" * 260), "file name too long (260 bytes"),
+             ("--results", tmp_path / "binary.txt", "is not a text file")]
+    for option, path, message in cases:
+        capsys.readouterr()
+        code = exit_code(main, ["--embeddings", e0, "--issame", i0, option, path])
+        assert message in one_error_line(capsys, code, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile", "binary.txt", "e0.npy", "i0.npy"]
+    assert (tmp_path / "binary.txt").read_bytes() == b"\xff\xfe\x00results"

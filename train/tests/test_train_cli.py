@@ -4,6 +4,7 @@ exact (also after SIGKILL), two processes keep identical weights, and bad input 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from converters.checkpoint import read_paddle_weights
 from converters.errors import exit_code
@@ -44,7 +46,7 @@ def test_tiny_rec_30_steps_lowers_the_loss_and_writes_every_artefact(tmp_path, s
     assert all(set(r) >= {"step", "epoch", "loss", "lr", "samples_per_sec", "grad_norm", "grad_scale"} for r in rows)
     assert rows[0]["lr"] == 0.02 and rows[-1]["lr"] < rows[0]["lr"]
     # InsightFace's log line every `frequent` steps
-    assert "Speed " in proc.stderr and "samples/sec   Loss " in proc.stderr and "Global Step: 30" in proc.stderr
+    assert "Speed " in proc.stdout and "samples/sec   Loss " in proc.stdout and "Global Step: 30" in proc.stdout
     for name in ("checkpoint_rank0.pdckpt", "model.pdparams", "model.pt", "config.json", "training.log"):
         assert (out / name).is_file(), name
 
@@ -74,11 +76,21 @@ def test_stop_and_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path, small
     np.testing.assert_array_equal(a["pfc"]["weight"], b["pfc"]["weight"])
 
 
-def test_resume_after_sigkill_between_checkpoints_is_exact(tmp_path, small_dataset_rec):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    # batch 2: five steps per epoch, so checkpoints come at steps 3 (save_every), 5 (epoch end), 6, 9
-    config = [*FAST, "batch_size=2"]
-    train(*config, "--output", straight, "--max-steps", 9)
+# batch 2: five steps per epoch, so checkpoints come at steps 3 (save_every), 5 (epoch end), 6, 9
+KILL_CONFIG = [*FAST, "batch_size=2"]
+
+
+@pytest.fixture(scope="module")
+def straight9(tmp_path_factory, small_dataset_rec) -> Path:
+    """An uninterrupted run of KILL_CONFIG to step 9, for the killed-and-resumed runs to match."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    train(*KILL_CONFIG, "--output", out, "--max-steps", 9)
+    return out
+
+
+def test_resume_after_sigkill_between_checkpoints_is_exact(tmp_path, small_dataset_rec, straight9):
+    straight, killed = straight9, tmp_path / "killed"
+    config = KILL_CONFIG
     proc = subprocess.Popen([*TRAIN, *config, "--output", str(killed), "--max-steps", "9"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -200,12 +212,142 @@ def test_verification_callback_logs_insightface_lines_on_the_packs_beside_the_da
     (data / "lfw.bin").symlink_to(small_lfw)
     code = run_main([*FAST, f"rec={data}", "verbose=2", "val_targets=['lfw', 'agedb_30']",
                      "--output", tmp_path / "o", "--max-steps", 4])
-    err = capsys.readouterr().err
+    out = capsys.readouterr().out  # progress on stdout, stderr kept for errors
     assert code == 0
-    assert "val target agedb_30" in err and "not found, skipped" in err
+    assert "val target agedb_30" in out and "not found, skipped" in out
     for step in (2, 4):
-        assert f"[lfw][{step}]XNorm: " in err and f"[lfw][{step}]Accuracy-Flip: " in err
-        assert f"[lfw][{step}]Accuracy-Highest: " in err
-    line = next(ln for ln in err.splitlines() if "[lfw][4]Accuracy-Flip: " in ln)
+        assert f"[lfw][{step}]XNorm: " in out and f"[lfw][{step}]Accuracy-Flip: " in out
+        assert f"[lfw][{step}]Accuracy-Highest: " in out
+    line = next(ln for ln in out.splitlines() if "[lfw][4]Accuracy-Flip: " in ln)
     accuracy = float(line.split("Accuracy-Flip: ")[1].split("+-")[0])
     assert 0.0 <= accuracy <= 1.0
+
+
+def corrupt_pack(folder: Path, small_dataset_rec: Path, record: int = 3) -> Path:
+    """A copy of the sample pack whose ``record``-th JPEG payload has its first 200 bytes zeroed."""
+    import shutil
+
+    shutil.copytree(small_dataset_rec, folder)
+    for path in folder.iterdir():
+        path.chmod(0o644)
+    rec = folder / "train.rec"
+    data = bytearray(rec.read_bytes())
+    starts = [i for i in range(len(data) - 3) if data[i:i + 3] == b"\xff\xd8\xff"]
+    data[starts[record]:starts[record] + 200] = bytes(200)
+    rec.write_bytes(bytes(data))
+    return folder
+
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_a_corrupt_record_stops_training_with_one_error_line_for_any_worker_count(workers, tmp_path,
+                                                                                   small_dataset_rec):
+    pack = corrupt_pack(tmp_path / "pack", small_dataset_rec)
+    started = time.monotonic()
+    proc = train(*FAST, f"rec={pack}", f"num_workers={workers}", "--output", tmp_path / "o", "--max-steps", 6,
+                 check=False, timeout=120)
+    assert time.monotonic() - started < 90
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert lines[-1].startswith(f"error: {pack / 'train.rec'}: record key 4: cannot be decoded"), lines[-1]
+    assert "Traceback" not in proc.stderr and "DataLoader" not in proc.stderr
+    assert [ln for ln in lines if not ln.startswith("Training: ")] == [lines[-1]]  # only the run's log lines
+
+
+def test_resume_checkpoint_fields_are_checked_by_schema(tmp_path, capsys, small_dataset_rec):
+    import pickle
+
+    out = tmp_path / "o"
+    assert run_main([*FAST, "--output", out, "--max-steps", 1]) == 0
+    capsys.readouterr()
+    ckpt = out / "checkpoint_rank0.pdckpt"
+    good = safe_load(ckpt)
+    some_key = next(iter(good["backbone"]))
+
+    def without(key):
+        return {k: v for k, v in good.items() if k != key}
+
+    cases = [
+        (without("step"), "checkpoint field 'step': missing"),
+        ({**good, "epoch": "1"}, "checkpoint field 'epoch': expected an integer, found str '1'"),
+        ({**good, "world_size": 0}, "checkpoint field 'world_size': must be in [1, 2**62], got int 0"),
+        ({**good, "step": 10**30}, "checkpoint field 'step': must be in [0, 2**62], got int of 100 bits"),
+        ({**good, "config": "r50"}, "checkpoint field 'config': expected a dict, found str 'r50'"),
+        ({**good, "config": {k: v for k, v in good["config"].items() if k != "num_classes"}},
+         "checkpoint field 'config.num_classes': missing"),
+        ({**good, "config": {**good["config"], "batch_size": [5]}},
+         "checkpoint field 'config.batch_size': batch_size must be int, got list [5]"),
+        (without("backbone"), "checkpoint field 'backbone': missing"),
+        ({**good, "backbone": {**good["backbone"], some_key: "w"}},
+         f"checkpoint field 'backbone.{some_key}': expected an array, found str 'w'"),
+        ({**good, "backbone": {**good["backbone"], some_key: np.zeros(3, np.float32)}},
+         f"checkpoint field 'backbone.{some_key}': shape [3], this run's model needs"),
+        ({**good, "backbone": {k: v for k, v in good["backbone"].items() if k != some_key}},
+         f"checkpoint field 'backbone': missing '{some_key}'"),
+        ({**good, "pfc": {**good["pfc"], "weight": np.zeros((3, 3), np.float32)}},
+         "checkpoint field 'pfc.weight': shape [3, 3], this run's model needs"),
+        ({**good, "optimizer": [1]}, "checkpoint field 'optimizer': expected a dict, found list"),
+        ({**good, "rng": {}}, "checkpoint field 'rng.pfc_scores': missing"),
+        ({**good, "rng": {"pfc_scores": {"bit_generator": "PCG64"}}},
+         "checkpoint field 'rng.pfc_scores': not a numpy generator state"),
+    ]
+    for state, words in cases:
+        with open(ckpt, "wb") as fh:
+            pickle.dump(state, fh, protocol=5)
+        line = one_line_error(capsys, run_main([*FAST, "--output", out, "--max-steps", 2, "--resume"]), words)
+        assert line.startswith(f"error: {ckpt}: "), line
+
+
+def test_sigkill_in_a_checkpoint_write_keeps_the_previous_one_and_the_folder_is_locked_meanwhile(
+        tmp_path, capsys, small_dataset_rec, straight9):
+    from train.checkpoint import PAUSE_HOOK
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, PAUSE_HOOK: "5"}  # the step-5 checkpoint stops after writing half its bytes
+    proc = subprocess.Popen([*TRAIN, *KILL_CONFIG, "--output", str(killed), "--max-steps", "9"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    half = killed / f".checkpoint_rank0.pdckpt.tmp-{proc.pid}"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            logged = killed / "metrics.jsonl"
+            if logged.exists() and len(logged.read_text().splitlines()) >= 5 and half.exists() \
+                    and half.stat().st_size > 0:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before its step-5 checkpoint"
+        # meanwhile, a second run on the same --output refuses, naming the running pid
+        code = run_main([*KILL_CONFIG, "--output", killed, "--max-steps", 9, "--resume"])
+        line = one_line_error(capsys, code, f"in use by another run (pid {proc.pid} on ")
+        assert line.startswith(f"error: {killed}: ")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert safe_load(killed / "checkpoint_rank0.pdckpt")["step"] == 3  # the previous checkpoint, intact
+    assert half.exists()  # the half-written temporary was never renamed over it
+    resumed = train(*KILL_CONFIG, "--output", killed, "--max-steps", 9, "--resume")
+    assert f"taking over the stale lock of pid {proc.pid}" in resumed.stderr  # the kernel dropped the flock
+    assert "resumed from" in resumed.stdout and "at step 3 " in resumed.stdout
+    assert (straight9 / "model.pdparams").read_bytes() == (killed / "model.pdparams").read_bytes()
+    assert [r["step"] for r in metrics(killed)] == list(range(1, 10))
+    assert [r["loss"] for r in metrics(killed)] == [r["loss"] for r in metrics(straight9)]
+    assert not [p.name for p in killed.iterdir() if ".tmp-" in p.name or p.name.startswith(".lock")]
+
+
+def test_output_folder_problems_and_init_inside_it_are_one_line_before_the_work(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "model.pdparams").write_bytes(b"earlier weights")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert one_line_error(capsys, run_main([*FAST, "--output", out, "--init", out / "model.pdparams"]),
+                          "is also the input --init; choose another --output").startswith(
+        f"error: {out / 'model.pdparams'}: ")
+    one_line_error(capsys, run_main([*FAST, "--output", afile]), f"error: {afile}: is a file, not a folder")
+    one_line_error(capsys, run_main([*FAST, "--output", afile / "run"]), f"{afile} is a file, not a folder")
+    one_line_error(capsys, run_main([*FAST, "--output", tmp_path / ("r" * 300)]), "file name too long (300 bytes")
+    assert (out / "model.pdparams").read_bytes() == b"earlier weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "o"] and afile.read_text() == "x"
+    assert [p.name for p in out.iterdir()] == ["model.pdparams"]
