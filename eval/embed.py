@@ -256,8 +256,13 @@ class OnnxEmbedder(Embedder):
 # ------------------------------------------------------------------------------------ export and cache
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     """Where exported models are cached: ``cache_dir``, or a private folder under the system temp dir."""
+    from converters.outputs import output_error
+
     root = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / f"arcface-bridge-{os.getuid()}"
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as err:
+        raise output_error(root, err) from None
     if cache_dir is None and (root.stat().st_uid != os.getuid() or root.stat().st_mode & 0o022):
         raise UserError(root, "cache folder is writable by other users; pass --cache-dir")
     return root
@@ -265,9 +270,14 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 def _cached(folder: Path, files: tuple[str, ...], build) -> Path:
     """``folder`` holding ``files``, built once by ``build(tmp_folder)`` and renamed into place."""
+    from converters.outputs import output_error
+
     if all((folder / f).is_file() for f in files):
         return folder
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+    except OSError as err:  # a read-only or full cache folder: one line naming it
+        raise output_error(folder, err) from None
     try:
         build(tmp)
         try:
@@ -275,6 +285,8 @@ def _cached(folder: Path, files: tuple[str, ...], build) -> Path:
         except OSError:  # another process finished first
             if not all((folder / f).is_file() for f in files):
                 raise
+    except OSError as err:
+        raise output_error(folder, err) from None
     finally:
         if tmp.exists():
             import shutil
@@ -296,8 +308,23 @@ def export_paddle_inference(source: ModelSource, cache_dir: str | Path | None = 
         model = paddle_model(source.arch, source.paddle_state(), source.num_features)
         spec = [paddle.static.InputSpec([None, *INPUT_SHAPE], "float32", "x")]
         paddle.jit.save(model, str(tmp / "model"), input_spec=spec)
+        _check_export(tmp, folder, sum(int(np.prod(v.shape)) * 4 for v in model.state_dict().values()))
 
     return _cached(folder, ("model.json", "model.pdiparams"), build) / "model"
+
+
+def _check_export(tmp: Path, folder: Path, data_bytes: int) -> None:
+    """Refuse an incomplete ``paddle.jit.save``: it ignores failed writes (a full disk leaves a truncated
+    ``model.json`` and parameters behind and no error), and a cached broken export would fail every run."""
+    import json
+
+    try:
+        json.loads((tmp / "model.json").read_text())
+        complete = (tmp / "model.pdiparams").stat().st_size >= data_bytes
+    except (OSError, ValueError):
+        complete = False
+    if not complete:
+        raise UserError(folder, "cannot write: the exported model is incomplete (no space left on the device?)")
 
 
 def export_onnx(arrays: Any, arch: str, num_features: int, path: str | Path) -> Path:

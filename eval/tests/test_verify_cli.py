@@ -229,3 +229,22 @@ def test_json_and_results_that_cannot_be_written_are_one_line_before_the_work(tm
         assert message in one_error_line(capsys, code, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile", "binary.txt", "e0.npy", "i0.npy"]
     assert (tmp_path / "binary.txt").read_bytes() == b"\xff\xfe\x00results"
+
+
+@pytest.mark.parametrize("fault", ["read-only", "full"])
+def test_an_unwritable_cache_folder_is_one_line(r18_files, small_lfw, tmp_path, capsys, fault):
+    from converters.errors import exit_code
+    from tests.faults import read_only, tmpfs
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    mount = read_only(cache) if fault == "read-only" else tmpfs(cache, 64)  # an r18 export needs ~100 MB
+    with mount as mounted:
+        if not mounted:
+            pytest.skip("cannot mount here (needs root)")
+        code = exit_code(main, ["--weights", r18_files["pdparams"], "--data", small_lfw, "--no-progress",
+                                "--threads", "2", "--cache-dir", cache])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {cache}/"), lines
+        assert "cannot write: " in lines[0] and "Traceback" not in lines[0]
+        assert [p.name for p in cache.iterdir()] == []  # nothing partial left in the cache
