@@ -3,7 +3,7 @@ per-layer verification), each in a fresh process, as a table.
 
     python bench/convert.py [--archs r50,r100] [--repeat 1]
 
-Target (issue 2): r100 without verification in under 10 s with peak RSS under 3x the checkpoint size.
+Target: r100 without verification in under 10 s with peak RSS under 3x the checkpoint size.
 """
 
 from __future__ import annotations

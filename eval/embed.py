@@ -4,8 +4,8 @@ Backends (``make_embedder``):
 
 - ``paddle-inference`` (default on CPU): the Paddle model exported once with ``paddle.jit.save`` (cached
   under a temporary folder keyed by the weights' sha256) and run by a Paddle Inference predictor with
-  oneDNN and an explicit math-thread count; measured 5-6x faster than dygraph on CPU
-  (shared/reference/paddle_porting.md section 2). ``paddle.jit.to_static`` is never combined with
+  oneDNN and an explicit math-thread count; measured 5-6x faster than dygraph on CPU.
+  ``paddle.jit.to_static`` is never combined with
   ``FLAGS_use_mkldnn`` (that segfaults); oneDNN is switched on in the predictor's config only.
 - ``paddle``: the Paddle dygraph model (``paddle_models``), also what training evaluates with.
 - ``torch``: the PyTorch reference (``torch_reference``) with InsightFace's state_dict layout.

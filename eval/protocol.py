@@ -1,6 +1,6 @@
 """InsightFace's 10-fold verification protocol (``eval/verification.py`` of arcface_torch), re-implemented.
 
-Facts (shared/reference/insightface_arcface.md section 5):
+The protocol, as arcface_torch's ``eval/verification.py`` runs it:
 
 - Pairs are rows (0, 1), (2, 3), ... of the L2-normalised embeddings; the distance is the *squared*
   Euclidean distance (``2 - 2 cos``, in [0, 4]); a pair is predicted "same" iff ``dist < threshold``.

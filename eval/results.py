@@ -63,7 +63,7 @@ def summary_table(results: dict[str, Verification], differ: dict[str, int] | Non
 
 
 def write_json(path: Path, results: dict[str, Verification], extra: dict[str, dict] | None = None) -> None:
-    """``{target: {accuracy, accuracy_std, fold_accuracies, thresholds, ..., pairs}}`` as issue 3 specifies."""
+    """``{target: {accuracy, accuracy_std, fold_accuracies, thresholds, ..., pairs}}``."""
     from converters.outputs import atomic_output
 
     data = {}

@@ -1,4 +1,4 @@
-"""The bad-input corpus (issue 10, item 6): every case in tests/corpus_cases.py, against every CLI.
+"""The bad-input corpus: every case in tests/corpus_cases.py, against every CLI.
 
 For each case: exit code 2; exactly one non-empty stderr line, starting with ``error: `` and naming the
 file or option; no traceback; no file created under the case folder (no partial output, no temporary

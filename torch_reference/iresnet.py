@@ -1,6 +1,6 @@
 """InsightFace iresnet (ArcFace backbones r18/r34/r50/r100/r200) in PyTorch.
 
-Written from the architecture description in shared/reference/insightface_arcface.md §1.2-1.3 so that
+Written from a description of InsightFace's architecture (not its code) so that
 ``state_dict()`` has exactly InsightFace's keys, order, shapes and dtypes: a checkpoint saved by
 InsightFace's ``arcface_torch`` loads here with ``strict=True`` and the other way round.
 

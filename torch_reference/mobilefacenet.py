@@ -1,6 +1,6 @@
 """InsightFace MobileFaceNet (``mbf``, ``mbf_large``) in PyTorch with InsightFace's state_dict layout.
 
-Written from shared/reference/insightface_arcface.md §1.5. Input ``[N, 3, 112, 112]`` float32 RGB in
+Written from a description of InsightFace's architecture (not its code). Input ``[N, 3, 112, 112]`` float32 RGB in
 [-1, 1]; output the un-normalised embedding ``[N, num_features]``.
 """
 

@@ -313,7 +313,7 @@ def validate(config: TrainConfig, path: Path | None = None, origins: dict[str, s
 
 
 def data_path(config: TrainConfig) -> Path:
-    """``rec`` as a path; relative paths are taken from the project root (``../shared/...`` works)."""
+    """``rec`` as a path; relative paths are taken from the project root (``../data/...`` works)."""
     path = Path(config.rec)
     return path if path.is_absolute() or path.exists() else ROOT / path
 

@@ -138,7 +138,7 @@ def test_onnx_export_follows_insightface(r18_files):
 
 @pytest.mark.slow
 def test_converted_r50_gives_the_same_fold_accuracies_with_every_backend(small_lfw, tmp_path):
-    """Issue 3's check: converted weights on paddle-inference and paddle, the original on torch, and an
+    """Converted weights on paddle-inference and paddle, the original on torch, and an
     InsightFace-style ONNX export of the original on onnxruntime agree pair for pair."""
     from converters.checkpoint import write_paddle_weights, write_torch_state_dict
     from converters.demo import demo_state_dict

@@ -1,7 +1,6 @@
 """The verification protocol: hand-computed cases, and equality with an independent re-derivation.
 
-``reference_evaluate`` below is written from the text of shared/reference/insightface_arcface.md
-section 5.3 with explicit loops over folds and thresholds (no sorting, no searchsorted, folds from the
+``reference_evaluate`` below is written from the description of InsightFace's protocol with explicit loops over folds and thresholds (no sorting, no searchsorted, folds from the
 KFold rule "first n % k folds get one more"), so it shares no code path with eval/protocol.py beyond
 numpy's mean/std/argmax that the protocol itself prescribes.
 """
