@@ -219,12 +219,20 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """
     path = prepare_output(path)
     tmp = temp_path(path)
+    with _writing(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _writing(path: Path, tmp: Path) -> Iterator[None]:
+    """Around writing ``tmp`` and renaming it to ``path``: an OSError about either becomes one line naming
+    ``path``; ``tmp`` is removed on any failure (KeyboardInterrupt too)."""
     try:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            yield tmp
-            _fsync(tmp)
-            os.replace(tmp, path)
+            yield
         except Exception as err:
             cause = _os_error(err)
             if cause is None or not _ours(cause, tmp, path):
@@ -245,23 +253,14 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     if os.path.isdir(path) and any(path.iterdir()):
         raise UserError(path, "already exists and is not an empty folder; choose a new output folder")
     tmp = temp_path(path)
-    try:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _remove(tmp)
-            tmp.mkdir()
-            yield tmp
-            if os.path.isdir(path):
-                path.rmdir()
-            os.replace(tmp, path)
-        except Exception as err:
-            cause = _os_error(err)
-            if cause is None or not _ours(cause, tmp, path):
-                raise
-            raise output_error(path, cause) from None
-    finally:
-        if os.path.lexists(tmp):
-            _remove(tmp)
+    with _writing(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove(tmp)
+        tmp.mkdir()
+        yield tmp
+        if os.path.isdir(path):
+            path.rmdir()
+        os.replace(tmp, path)
 
 
 def pid_alive(pid: int) -> bool:

@@ -7,6 +7,7 @@ a few seconds per target). ``make fuzz`` sets ``FUZZ_SECONDS`` and every target 
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.fuzz._harness import COUNTS, FINDINGS, fuzz_seconds
@@ -18,6 +19,12 @@ settings.register_profile("fuzz-quick", max_examples=150, deadline=2000, derando
                           suppress_health_check=_SLOW_OK, print_blob=True, database=None)
 settings.register_profile("fuzz-long", max_examples=2000, deadline=5000, derandomize=False,
                           suppress_health_check=_SLOW_OK, print_blob=True)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder for the files a target writes (one per test module)."""
+    return tmp_path_factory.mktemp("fuzz")
 
 
 def pytest_terminal_summary(terminalreporter):

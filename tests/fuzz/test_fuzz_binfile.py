@@ -9,7 +9,6 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
-import pytest
 from hypothesis import given
 
 from conftest import SHARED_DATA
@@ -33,11 +32,6 @@ def _seeds() -> list[bytes]:
 
 
 SEEDS = _seeds()
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("fuzz-bin")
 
 
 @target

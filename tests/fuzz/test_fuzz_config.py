@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -32,11 +31,6 @@ def config_text(draw):
     base = draw(seeded_or_random(SEEDS, 256))
     extra = draw(st.lists(LINES, max_size=3))
     return base + b"\n" + b"\n".join(extra)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("fuzz-config")
 
 
 @target

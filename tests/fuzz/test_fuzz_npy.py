@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pytest
 from hypothesis import example, given
 
 from converters.errors import UserError
@@ -28,11 +27,6 @@ def _npy(array, version=None) -> bytes:
 SEEDS = [_npy(np.arange(12, dtype=np.float32).reshape(3, 4)), _npy(np.zeros((2, 512), np.float16)),
          _npy(np.array([True, False])), _npy(np.arange(6, dtype=">i8"), (2, 0)),
          _npy(np.asfortranarray(np.ones((3, 2))), (3, 0)), _npy(np.float64(1.5))]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("fuzz-npy")
 
 
 @target

@@ -79,11 +79,6 @@ def test_fuzz_parse_idx(data):
         assert number >= 1 and isinstance(text, bytes)
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("fuzz-recordio")
-
-
 @target
 @profile()
 @given(data=seeded_or_random([b"10,112,112\n", b"93431,112,112", b"1,2,3\n4,5,6\n"], 64))

@@ -13,7 +13,6 @@ import pickletools
 import struct
 
 import numpy as np
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -162,11 +161,6 @@ def test_fuzz_safe_loads_mutated(data):
 @example(b"\x80\x04\x8e" + b"\xff" * 8 + b".")  # a 2^64-byte string
 def test_fuzz_safe_loads_opcode_streams(data):
     loads_or_refuses(data)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("fuzz-pickle")
 
 
 @target
