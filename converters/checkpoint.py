@@ -107,7 +107,8 @@ def _torch_load(path: Path) -> Any:
         raise UserError(path, f"cannot read as a PyTorch checkpoint: {first[:200]}") from None
     except (EOFError, ValueError, OSError, AttributeError, ImportError, KeyError, IndexError, TypeError,
             OverflowError, RecursionError, struct.error) as err:
-        raise UserError(path, f"not a readable PyTorch checkpoint ({type(err).__name__}: {str(err)[:160]})") from None
+        detail = str(err)[:160] or ("ends before the data it declares" if isinstance(err, EOFError) else "")
+        raise UserError(path, f"not a readable PyTorch checkpoint ({type(err).__name__}: {detail})") from None
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -42,7 +42,8 @@ def read_label_txt(path: Path) -> ImageList:
             raise UserError(path, f"line {number}: expected '<path>\\t<class id>', got {line[:80]!r}")
         label = fields[1].strip()
         if not (label.isascii() and label.isdigit()):
-            raise UserError(path, f"line {number}: label {label[:20]!r} is not an integer class id")
+            shown = label[:20].encode("utf-8", "surrogateescape")  # undecodable bytes shown as \xNN
+            raise UserError(path, f"line {number}: label {str(shown)[1:]} is not an integer class id")
         paths.append(root / fields[0])
         labels.append(int(label))
     if not paths:

@@ -215,8 +215,8 @@ def parse_idx(data: bytes) -> tuple[np.ndarray, np.ndarray, list[tuple[int, byte
 
 def describe_idx_line(number: int, text: bytes) -> str:
     """The problem text for a malformed ``.idx`` line."""
-    shown = text[:60].decode("utf-8", "replace")
-    return f"line {number}: malformed index line {shown!r} (expected '<key>\\t<offset>')"
+    shown = ascii(text[:60].decode("utf-8", "replace")).replace("\\ufffd", "?")  # printable, one line
+    return f"line {number}: malformed index line {shown} (expected '<key>\\t<offset>')"
 
 
 def read_idx(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
