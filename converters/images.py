@@ -38,7 +38,7 @@ def max_image_pixels() -> int:
     """The pixel limit of this run: ``ARCFACE_MAX_IMAGE_PIXELS`` if set to a positive integer, else the default."""
     text = os.environ.get(MAX_PIXELS_ENV, "").strip()
     if text:
-        if not text.isdigit() or int(text) <= 0:
+        if not (text.isascii() and text.isdigit()) or int(text) <= 0:
             raise UserError(None, f"environment variable {MAX_PIXELS_ENV}={text[:40]!r} is not a positive "
                             "integer (a number of pixels)")
         return int(text)
@@ -46,8 +46,9 @@ def max_image_pixels() -> int:
 
 
 # OpenCV reads its limit when the library loads: set it first if nobody has (and if cv2 is not loaded yet)
-if os.environ.get(MAX_PIXELS_ENV, "").strip().isdigit():
-    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max(int(os.environ[MAX_PIXELS_ENV]), 1)))
+_text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+if _text.isascii() and _text.isdigit():
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max(int(_text), 1)))
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS))
 
 import cv2  # noqa: E402  (after the limit above)

@@ -84,6 +84,7 @@ def test_fuzz_parse_idx(data):
 @given(data=seeded_or_random([b"10,112,112\n", b"93431,112,112", b"1,2,3\n4,5,6\n"], 64))
 @example(data=b"\xff\xfe,1,2")
 @example(data="١,٢,٣".encode())  # digits that are not ASCII
+@example(data=b"1\x1c,2,3\n4,5,6\n")  # str.strip() removes \x1c but int() does not accept it
 def test_fuzz_read_property(workdir, data):
     path = workdir / "property"
     path.write_bytes(data)

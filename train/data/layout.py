@@ -74,8 +74,8 @@ def read_property(path: str | Path) -> tuple[int, int, int]:
     if not path.is_file():
         raise RecordIOError(path, "no such file")
     first = path.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0].strip()
-    fields = first.split(",")
-    if len(fields) != 3 or not all(f.strip().isascii() and f.strip().isdigit() for f in fields):
+    fields = [f.strip(" \t\r") for f in first.split(",")]
+    if len(fields) != 3 or not all(f.isascii() and f.isdigit() for f in fields):
         raise RecordIOError(path, f"line 1: {first[:60]!r} is not '<num_classes>,<height>,<width>'")
     num_classes, height, width = (int(f) for f in fields)
     return num_classes, height, width
