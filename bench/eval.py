@@ -80,7 +80,8 @@ def backend_rows(arch: str, weights: Path, threads: int, batches: int, cache: Pa
 
 def decode_rate(pack_path: Path, images: int) -> float:
     """Images/s of JPEG decoding + normalisation, batch by batch as embed_pack does."""
-    from eval.binfile import normalize, read_bin
+    from converters.binfile import read_bin
+    from converters.images import normalize
 
     pack = read_bin(pack_path)
     t0 = time.perf_counter()

@@ -1,4 +1,5 @@
-"""The one image decoder for images read from users' files (``.bin`` packs, RecordIO packs, image folders).
+"""The one image decoder and normaliser for images read from users' files (``.bin`` packs, RecordIO packs,
+image folders).
 
 A decompression bomb is a small file declaring a huge image (a 1 MB PNG of 30000x30000 pixels asks the
 decoder for 2.7 GB). So before OpenCV sees the bytes, ``image_size_from_header`` reads the width and height
@@ -7,6 +8,8 @@ does; PNG: IHDR; BMP: the DIB header; GIF: the screen and every frame's extent; 
 canvas and every ANMF frame) and ``decode_image`` refuses, with one line naming the file and the image,
 an image of more than ``max_pixels`` pixels or of a format it does not recognise. The header walk reads
 only what the header needs and is bounded by the data's length.
+
+``normalize`` turns decoded uint8 RGB images into the float32 network input, exactly as InsightFace does.
 
 The limit is ``DEFAULT_MAX_PIXELS`` (4096x4096; a 112x112 face needs nothing near it), overridable per call
 or for a whole run with the environment variable ``ARCFACE_MAX_IMAGE_PIXELS``. OpenCV's own check
@@ -310,6 +313,11 @@ def _stderr_captured():
     there whatever OpenCV's log level), so a corrupt image gives one error line that includes it."""
     global _capture_file
     captured = _Captured()
+    if threading.current_thread() is not threading.main_thread():
+        # fd 2 is shared by every thread: redirecting it here could swallow another thread's output, e.g.
+        # the main thread's one error line while a loader thread decodes. Only the main thread captures.
+        yield captured
+        return
     with _CAPTURE_LOCK:
         try:
             if _capture_file is None or _capture_file[0] != os.getpid():
@@ -345,3 +353,13 @@ def decode_image(data: Any, source_path: str | Path | None, what: str, max_pixel
     except ImageRefused as err:
         raise UserError(source_path, f"{what}: {err.problem}" if what else err.problem) from None
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if rgb else bgr
+
+
+def normalize(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]`` in [-1, 1]: ``(v/255 - 0.5)/0.5``.
+
+    The same float32 operations in the same order as InsightFace, so the inputs are bit-identical.
+    """
+    x = rgb.astype(np.float32) / np.float32(255.0)
+    x = (x - np.float32(0.5)) / np.float32(0.5)
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))

@@ -20,7 +20,8 @@ def seeded_images(n: int = 4, seed: int = 0, size: int = 112) -> np.ndarray:
 
 def faces_from_bin(path: str | Path, n: int | None = None) -> np.ndarray:
     """The first ``n`` images of a ``.bin`` pack, normalised: ``[n, 3, 112, 112]`` float32 RGB."""
-    from eval.binfile import normalize, read_bin
+    from converters.binfile import read_bin
+    from converters.images import normalize
 
     pack = read_bin(path)
     count = len(pack) if n is None else min(n, len(pack))

@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from converters.binfile import IMAGE_SIZE, BinPack
 from converters.errors import UserError
-
-from .binfile import IMAGE_SIZE, BinPack, normalize
+from converters.images import normalize
 
 if TYPE_CHECKING:
     from converters.checkpoint import PaddleWeights

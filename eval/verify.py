@@ -22,7 +22,10 @@ import logging
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: import the project from its root, not this folder
+# Run as a file, sys.path[0] is this folder, whose modules would shadow others even when the project is
+# installed (train/train.py would be imported as `train`); the project root goes there instead, which also
+# lets a plain clone run without installing.
+if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from converters.cli import ArgumentParser, int_range, thread_count  # noqa: E402
@@ -132,7 +135,7 @@ def run_model(args: argparse.Namespace) -> tuple[dict, dict, list]:
     # Paddle and onnxruntime here; the torch backend sets torch's own threads (TorchEmbedder), so torch is
     # imported only where it is used and Paddle-only evaluation stays ~200 MB smaller
     threads = set_threads(args.threads, torch=False)
-    from eval.binfile import read_bin
+    from converters.binfile import read_bin
     from eval.embed import embed_pack, load_weights, make_embedder
     from eval.protocol import decisions_differ, evaluate_flip
     from eval.results import differ_note, find_known, insightface_lines

@@ -102,11 +102,11 @@ def _preload() -> None:
     import torch  # noqa: F401
 
     import converters.arch  # noqa: F401
+    import converters.binfile  # noqa: F401
     import converters.checkpoint  # noqa: F401
     import converters.mapping  # noqa: F401
     import converters.models  # noqa: F401
     import converters.verify  # noqa: F401
-    import eval.binfile  # noqa: F401
     import eval.embed  # noqa: F401
     import eval.protocol  # noqa: F401
     import eval.results  # noqa: F401

@@ -125,7 +125,7 @@ def test_png_bomb_is_a_valid_png():
 
 @pytest.mark.parametrize("kind", ["png", "png-truncated", "jpeg", "jpeg-truncated"])
 def test_bombs_are_refused_in_a_bin_pack(bombs, kind, tmp_path):
-    from eval.binfile import read_bin
+    from converters.binfile import read_bin
     from eval.synthetic import make_pack, write_pack
 
     pack = make_pack(3, seed=1, fmt="bytes")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.binfile import read_bin
+from converters.binfile import read_bin
 from eval.embed import PaddleEmbedder, embed_pack
 from eval.protocol import evaluate_flip
 from eval.results import insightface_lines

@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
+from converters.binfile import read_bin
 from converters.errors import UserError
-from eval.binfile import normalize, read_bin
+from converters.images import normalize
 from eval.synthetic import encode_jpeg, identity_image, make_pack, write_pack
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from converters.binfile import read_bin
 from converters.errors import UserError
-from eval.binfile import read_bin
 from eval.embed import (
     BACKENDS,
     Embedder,

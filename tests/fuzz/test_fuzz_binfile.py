@@ -12,8 +12,8 @@ import numpy as np
 from hypothesis import given
 
 from conftest import SHARED_DATA
+from converters.binfile import read_bin
 from converters.errors import UserError
-from eval.binfile import read_bin
 from eval.synthetic import make_pack
 from tests.fuzz._harness import profile, seeded_or_random, target
 

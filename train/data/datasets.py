@@ -11,7 +11,7 @@ import numpy as np
 from paddle.io import Dataset
 
 from converters.errors import UserError
-from eval.binfile import normalize
+from converters.images import normalize
 
 from .folders import list_images, read_image_file
 from .layout import read_layout

@@ -14,8 +14,7 @@ import cv2
 import numpy as np
 
 from converters.errors import UserError
-from converters.images import decode_image
-from eval.binfile import normalize
+from converters.images import decode_image, normalize
 
 IMAGE_SIZE = (112, 112)  # (height, width)
 

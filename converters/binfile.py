@@ -126,12 +126,3 @@ def decode_image(blob: Any, path: str | Path, index: int) -> np.ndarray:
         bgr = cv2.resize(bgr, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_CUBIC)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
-
-def normalize(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]`` in [-1, 1]: ``(v/255 - 0.5)/0.5``.
-
-    The same float32 operations in the same order as InsightFace, so the inputs are bit-identical.
-    """
-    x = rgb.astype(np.float32) / np.float32(255.0)
-    x = (x - np.float32(0.5)) / np.float32(0.5)
-    return np.ascontiguousarray(np.moveaxis(x, -1, -3))

@@ -11,7 +11,8 @@ The ``.idx`` file is text, one ``<key>\\t<offset>`` line per logical record in w
 Reading is by key with one positioned read (``os.pread``) per record; the file handle is opened lazily
 per process, so a reader built before ``paddle.io.DataLoader`` forks its workers is safe to use in them.
 
-As a command: ``python -m train.data.recordio {dump,verify,pack,unpack,shuffle} ...`` (see ``tools.py``).
+As a command: ``python -m train.data.recordio {dump,verify,pack,unpack,shuffle} ...`` runs the pack tools
+of ``train.data.tools`` (through ``__main__.py``, so this module never imports the tools that import it).
 """
 
 from __future__ import annotations
@@ -412,10 +413,3 @@ class RecordWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-if __name__ == "__main__":
-    from converters.errors import run_cli
-    from train.data.tools import main
-
-    run_cli(lambda: main())
