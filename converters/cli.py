@@ -8,9 +8,10 @@ got -1``, and exit code 2 (argparse's own ``error`` prints the usage first: two 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
-from typing import Callable, NoReturn
+from typing import Callable, Iterator, NoReturn
 
 INT32_MAX = 2**31 - 1  # Paddle's int32 labels and most size arguments
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding accepts [0, 2**32)
@@ -22,10 +23,32 @@ _ARGUMENT = re.compile(r"^argument ([^:]+): (.*)$", re.S)
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line ``error: <option>: <problem>`` and exit 2.
 
-    Sub-parsers made with ``add_subparsers`` are of this class too (argparse uses the parent's class)."""
+    Sub-parsers made with ``add_subparsers`` are of this class too (argparse uses the parent's class).
+    Inside ``program_name(name)`` a parser is named ``name`` (sub-parsers ``name <sub>``) whatever its
+    script calls it."""
+
+    def __init__(self, prog: str | None = None, *args, **kwargs):
+        if _program is not None and not (prog or "").startswith(_program):
+            prog = _program
+        super().__init__(prog, *args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {one_line_message(message)}\n")
+
+
+_program: str | None = None
+
+
+@contextlib.contextmanager
+def program_name(name: str) -> Iterator[None]:
+    """Within the block, a tool's parser is named ``name`` (``arcface-bridge torch2paddle``) instead of the
+    script name it passes (``torch2paddle.py``), in its usage and ``--help``: for the dispatcher."""
+    global _program
+    previous, _program = _program, name
+    try:
+        yield
+    finally:
+        _program = previous
 
 
 def one_line_message(message: str) -> str:

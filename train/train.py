@@ -22,7 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: import the project from its root, not this folder
+# Run as a file, sys.path[0] is this folder, whose modules would shadow others even when the project is
+# installed (train/train.py would be imported as `train`); the project root goes there instead, which also
+# lets a plain clone run without installing.
+if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from converters.cli import ArgumentParser, positive_int, thread_count  # noqa: E402
