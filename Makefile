@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PYTHON) bench/eval.py
 	$(PYTHON) bench/train.py
 	$(PYTHON) bench/train_drift.py
+	$(PYTHON) bench/safe_io.py
 
 # RecordIO against real MXNet 1.9.1 in a separate virtualenv (skipped if MXNet cannot be installed)
 mxnet-check: $(STAMP)
