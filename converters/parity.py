@@ -4,7 +4,7 @@ Every named sublayer's output is captured with forward hooks in both frameworks,
 backbones share sublayer names) and compared in execution order with scale-aware metrics:
 
 * ``max_abs`` = max|paddle - torch|
-* ``rel``     = max_abs / max|torch|  (DESIGN.md's per-layer metric)
+* ``rel``     = max_abs / max|torch|  (the per-layer metric)
 * ``cosine``  = the smallest per-sample cosine between the flattened outputs
 
 The report names the first layer beyond its gate and prints every gate next to the measured value.
@@ -22,7 +22,7 @@ import numpy as np
 
 OUTPUT = "(embedding)"  # the whole model's output row
 
-# DESIGN.md parity policy
+# the parity gates: every layer in eval mode (float32), and the embedding's cosine to the reference
 EVAL_LAYER_REL = 5e-5
 EMBEDDING_COSINE = 0.999999
 # train mode (batch statistics) and the running-statistics update: gates stated here, measured values in

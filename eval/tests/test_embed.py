@@ -35,7 +35,7 @@ def test_every_backend_gives_the_same_fold_accuracies_on_small_lfw(r18_files, sm
     ref_result = evaluate_flip(ref.original, ref.flipped, pack.issame)
     for backend, emb in runs.items():
         assert emb.original.shape == (20, 512) and emb.flipped.shape == (20, 512)
-        # DESIGN.md's forward gate: embedding cosine >= 0.999999 against the PyTorch reference
+        # the forward gate: embedding cosine >= 0.999999 against the PyTorch reference
         assert cosines(emb.original, ref.original).min() >= 0.999999, backend
         assert cosines(emb.flipped, ref.flipped).min() >= 0.999999, backend
         result = evaluate_flip(emb.original, emb.flipped, pack.issame)
