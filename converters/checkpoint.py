@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, describe_value
 from .outputs import atomic_output  # noqa: F401 (re-exported: the one atomic writer lives in outputs.py)
 from .safe_pickle import load_user_pickle
 
@@ -235,24 +235,14 @@ def validate_meta(meta: Any, path: str | Path) -> dict[str, Any]:
     """The ``__arcface_bridge__`` entry checked against ``META_SCHEMA`` (unknown keys are kept unread);
     a wrong type or range is a one-line error naming the field."""
     if not isinstance(meta, dict):
-        raise UserError(path, f"{META_KEY}: metadata must be a dict, found {_brief(meta)}")
+        raise UserError(path, f"{META_KEY}: metadata must be a dict, found {describe_value(meta)}")
     for key, value in meta.items():
         if not isinstance(key, str):
-            raise UserError(path, f"{META_KEY}: metadata key {_brief(key)} is not a string")
+            raise UserError(path, f"{META_KEY}: metadata key {describe_value(key)} is not a string")
         rule = META_SCHEMA.get(key)
         if rule is not None and not rule[1](value):
-            raise UserError(path, f"{META_KEY}.{key}: expected {rule[0]}, found {_brief(value)}")
+            raise UserError(path, f"{META_KEY}.{key}: expected {rule[0]}, found {describe_value(value)}")
     return dict(meta)
-
-
-def _brief(value: Any) -> str:
-    if isinstance(value, (dict, list, tuple)):
-        text = f"with {len(value)} entries"
-    elif _is_int(value) and value.bit_length() > 64:
-        text = f"of {value.bit_length()} bits"
-    else:
-        text = repr(value)[:60]
-    return f"{type(value).__name__} {text}"
 
 
 def write_paddle_weights(path: str | Path, weights: PaddleWeights, atomic: bool = True) -> None:

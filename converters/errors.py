@@ -6,7 +6,7 @@ import contextlib
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 
 class UserError(Exception):
@@ -42,6 +42,19 @@ def reading(path: str | Path | None, what: str) -> Iterator[None]:
         raise UserError(path, f"{what}: too large or too deeply nested to read (out of memory)") from None
     except RecursionError:
         raise UserError(path, f"{what}: nested too deeply to read") from None
+
+
+def describe_value(value: Any) -> str:
+    """A short description of a value found in a user's file, for an error line: its type and a bounded
+    rendering (containers by their size, huge integers by their bit length)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        text = f"of {value.bit_length()} bits"
+    elif isinstance(value, (dict, list, tuple)):
+        text = f"with {len(value)} entries"
+    else:
+        text = repr(value)
+        text = text if len(text) <= 60 else text[:50] + "..."
+    return f"{type(value).__name__} {text}"
 
 
 def run_cli(main: Callable[[], int | None]) -> None:

@@ -28,11 +28,12 @@ def set_threads(threads: int | None = None, paddle: bool = True, torch: bool = T
 
 
 def quiet_paddle_import() -> None:
-    """Silence Paddle's import-time warnings that are not about the user's work (ccache, OMP)."""
-    warnings.filterwarnings("ignore", message=".*ccache.*")
-    warnings.filterwarnings("ignore", message=".*OMP_NUM_THREADS.*")
-    # BatchNorm in train mode, every call: "we now always track global mean and variance"
-    warnings.filterwarnings("ignore", message="When training, we now always track")
+    """Silence the library warnings that are not about the user's work (``errors.NOISY_WARNINGS``: ccache,
+    OMP, BatchNorm's "we now always track global mean and variance" on every train-mode call, ...)."""
+    from .errors import NOISY_WARNINGS
+
+    for pattern in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 def library_versions() -> dict[str, str]:

@@ -274,21 +274,19 @@ def _cached(folder: Path, files: tuple[str, ...], build) -> Path:
 
     if all((folder / f).is_file() for f in files):
         return folder
+    tmp = None
     try:
         tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-    except OSError as err:  # a read-only or full cache folder: one line naming it
-        raise output_error(folder, err) from None
-    try:
         build(tmp)
         try:
             os.replace(tmp, folder)
         except OSError:  # another process finished first
             if not all((folder / f).is_file() for f in files):
                 raise
-    except OSError as err:
+    except OSError as err:  # a read-only or full cache folder: one line naming it
         raise output_error(folder, err) from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from converters.errors import UserError
+from converters.errors import UserError, describe_value
 from converters.outputs import atomic_output
 from converters.safe_pickle import load_user_pickle
 
@@ -91,9 +91,9 @@ def validate_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
             bad(key, "missing")
         value = state[key]
         if not isinstance(value, int) or isinstance(value, bool):
-            bad(key, f"expected an integer, found {_kind(value)}")
+            bad(key, f"expected an integer, found {describe_value(value)}")
         if not minimum <= value <= MAX_COUNTER:
-            bad(key, f"must be in [{minimum}, 2**62], got {_kind(value)}")
+            bad(key, f"must be in [{minimum}, 2**62], got {describe_value(value)}")
     config = _require_dict(state, "config", bad)
     for key in RESUME_CONFIG_KEYS:
         if key not in config:
@@ -107,20 +107,20 @@ def validate_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
             except TypeError as err:
                 bad(f"config.{key}", str(err))
             if isinstance(value, int) and value.bit_length() > 64:
-                bad(f"config.{key}", f"out of range ({_kind(value)})")
+                bad(f"config.{key}", f"out of range ({describe_value(value)})")
     for name in ("backbone", "pfc"):
         _require_arrays(_require_dict(state, name, bad), name, bad)
     optimizer = _require_dict(state, "optimizer", bad)
     for key, value in optimizer.items():
         if key == "LR_Scheduler":
             if not isinstance(value, dict):
-                bad("optimizer.LR_Scheduler", f"expected a dict, found {_kind(value)}")
+                bad("optimizer.LR_Scheduler", f"expected a dict, found {describe_value(value)}")
             for name, item in value.items():
                 if not isinstance(name, str) or not isinstance(item, (int, float, str, type(None))):
-                    bad("optimizer.LR_Scheduler", f"entry {str(name)[:40]!r}: expected a number, found {_kind(item)}")
+                    bad("optimizer.LR_Scheduler", f"entry {str(name)[:40]!r}: expected a number, found {describe_value(item)}")
         elif key == "master_weights":
             if not isinstance(value, dict):
-                bad("optimizer.master_weights", f"expected a dict, found {_kind(value)}")
+                bad("optimizer.master_weights", f"expected a dict, found {describe_value(value)}")
             _require_arrays(value, "optimizer.master_weights", bad)
         else:
             _require_arrays({key: value}, "optimizer", bad)
@@ -133,7 +133,7 @@ def validate_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
         bad("rng.pfc_scores", f"not a numpy generator state ({type(err).__name__}: {str(err)[:120]})")
     scaler = state.get("scaler")
     if scaler is not None and not isinstance(scaler, dict):
-        bad("scaler", f"expected a dict or None, found {_kind(scaler)}")
+        bad("scaler", f"expected a dict or None, found {describe_value(scaler)}")
 
 
 def check_state_shapes(path: str | Path, name: str, saved: Mapping[str, Any], layer) -> None:
@@ -154,20 +154,11 @@ def check_state_shapes(path: str | Path, name: str, saved: Mapping[str, Any], la
                             f"this run's model needs {list(shape)}")
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, int) and value.bit_length() > 64:
-        return f"int of {value.bit_length()} bits"
-    if isinstance(value, (dict, list, tuple)):
-        return f"{type(value).__name__} with {len(value)} entries"
-    text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 40 else text[:30] + '...'}"
-
-
 def _require_dict(state: Mapping[str, Any], key: str, bad) -> dict:
     if key not in state:
         bad(key, "missing")
     if not isinstance(state[key], dict):
-        bad(key, f"expected a dict, found {_kind(state[key])}")
+        bad(key, f"expected a dict, found {describe_value(state[key])}")
     return state[key]
 
 
@@ -176,7 +167,7 @@ def _require_arrays(arrays: Mapping[str, Any], name: str, bad) -> None:
         if not isinstance(key, str):
             bad(name, f"key of type {type(key).__name__} (expected parameter names)")
         if not isinstance(value, np.ndarray):
-            bad(f"{name}.{key}", f"expected an array, found {_kind(value)}")
+            bad(f"{name}.{key}", f"expected an array, found {describe_value(value)}")
         if value.dtype.kind not in "fiub":
             bad(f"{name}.{key}", f"expected a numeric array, found dtype {value.dtype}")
 

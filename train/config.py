@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
+from converters.cli import INT32_MAX, SEED_MAX
 from converters.errors import UserError, reading
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 ROOT = Path(__file__).resolve().parents[1]
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few dozen short lines
-INT32_MAX = 2**31 - 1  # Paddle's labels are int32
 
 
 @dataclass
@@ -249,7 +249,7 @@ INT_RANGES = {
     "warmup_epoch": (0, 1_000_000, ""),
     "gradient_acc": (1, INT32_MAX, ""),
     "num_workers": (0, 256, ""),
-    "seed": (0, 2**32 - 1, ""),
+    "seed": (0, SEED_MAX, ""),
     "save_every": (0, INT32_MAX, ""),
     "verbose": (1, INT32_MAX, ""),
     "frequent": (1, INT32_MAX, ""),

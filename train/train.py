@@ -111,6 +111,15 @@ def _main(args: argparse.Namespace, held: contextlib.ExitStack, fresh: _FreshRun
         prepare_output_dir,
         remove_stale_temporaries,
     )
+    from train.checkpoint import (
+        RESUME_CONFIG_KEYS,
+        check_state_shapes,
+        checkpoint_path,
+        load_checkpoint,
+        optimizer_state,
+        restore_optimizer_state,
+        save_checkpoint,
+    )
     from train.config import dump, load_config
 
     overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
@@ -121,8 +130,7 @@ def _main(args: argparse.Namespace, held: contextlib.ExitStack, fresh: _FreshRun
         raise UserError(args.init, "--init and --resume together: a resumed run restores its own weights")
     world_size = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
     output = prepare_output_dir(config.output)  # before any work: a file, read-only, a name too long...
-    written = [output / name for name in OUTPUT_FILES] + [output / f"checkpoint_rank{r}.pdckpt"
-                                                          for r in range(world_size)]
+    written = [output / name for name in OUTPUT_FILES] + [checkpoint_path(output, r) for r in range(world_size)]
     check_outputs({"--init": args.init}, {"--output": written}, prepare=False)
     setup_device(args.device, world_size, args.threads)
 
@@ -131,13 +139,6 @@ def _main(args: argparse.Namespace, held: contextlib.ExitStack, fresh: _FreshRun
     import paddle.distributed as dist
 
     from paddle_models import get_model
-    from train.checkpoint import (
-        checkpoint_path,
-        load_checkpoint,
-        optimizer_state,
-        restore_optimizer_state,
-        save_checkpoint,
-    )
     from train.data.datasets import SyntheticDataset
     from train.data.loader import make_dataset
     from train.data.resumable import resumable_loader
@@ -201,15 +202,12 @@ def _main(args: argparse.Namespace, held: contextlib.ExitStack, fresh: _FreshRun
         if state["world_size"] != world_size:
             raise UserError(ckpt_file, f"written by {state['world_size']} processes, resumed with {world_size}; "
                             "re-shard the Partial FC (train.partial_fc.reshard) or use the same world size")
-        for key in ("network", "embedding_size", "num_classes", "batch_size", "sample_rate", "pfc_update",
-                    "optimizer", "num_image"):
+        for key in RESUME_CONFIG_KEYS:
             if state["config"][key] != getattr(config, key):
                 raise UserError(ckpt_file, f"{key} = {state['config'][key]!r} in the checkpoint, "
                                 f"{getattr(config, key)!r} now")
         from converters.checkpoint import PaddleWeights
         from converters.models import load_paddle_weights
-        from train.checkpoint import check_state_shapes
-
         check_state_shapes(ckpt_file, "backbone", state["backbone"], backbone)
         check_state_shapes(ckpt_file, "pfc", state["pfc"], trainer.pfc)
         load_paddle_weights(backbone, PaddleWeights(state["backbone"]))

@@ -14,10 +14,12 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from hypothesis import settings
 from hypothesis import strategies as st
+
+from converters.errors import UserError
 
 COUNTS: dict[str, list] = {}  # target name -> [examples run, seconds]
 FINDINGS: list[str] = []
@@ -137,3 +139,16 @@ def seeded_or_random(seeds: list[bytes], max_random: int = 512):
     prefixed = st.tuples(st.sampled_from(seeds), st.integers(0, 64), st.binary(max_size=max_random)).map(
         lambda t: t[0][:t[1]] + t[2])
     return st.one_of(mutated(seeds), mutated(seeds), prefixed, st.binary(max_size=max_random))
+
+
+def read_or_user_error(path: Path, data: bytes, read: Callable[[Path], Any], names_file: bool = True) -> Any:
+    """The property every file reader shares: write ``data`` to ``path`` and ``read`` it. Returns what it
+    read, or None when it raised the project's one-line ``UserError`` (naming ``path`` if ``names_file``);
+    any other exception propagates and fails the target."""
+    path.write_bytes(data)
+    try:
+        return read(path)
+    except UserError as err:
+        assert "\n" not in str(err), str(err)
+        assert not names_file or str(path) in str(err), str(err)
+        return None

@@ -11,8 +11,7 @@ from pathlib import Path
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from converters.errors import UserError
-from tests.fuzz._harness import profile, seeded_or_random, target
+from tests.fuzz._harness import profile, read_or_user_error, seeded_or_random, target
 from train.config import TrainConfig, load_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "train" / "configs"
@@ -41,11 +40,7 @@ def config_text(draw):
 @example(data=b"a = 1\n" * 50_000)
 @example(data=b"\xef\xbb\xbfbatch_size = 8\n")
 def test_fuzz_load_config(workdir, data):
-    path = workdir / "fuzz.py"
-    path.write_bytes(data)
-    try:
-        config = load_config(str(path))
-    except UserError as err:
-        assert "\n" not in str(err), str(err)
+    config = read_or_user_error(workdir / "fuzz.py", data, lambda path: load_config(str(path)), names_file=False)
+    if config is None:
         return
     assert isinstance(config, TrainConfig)

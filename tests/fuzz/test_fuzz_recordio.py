@@ -16,7 +16,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from converters.errors import UserError
-from tests.fuzz._harness import mutated, profile, seeded_or_random, target
+from tests.fuzz._harness import mutated, profile, read_or_user_error, seeded_or_random, target
 from train.data.layout import read_layout, read_property, write_pack
 from train.data.recordio import (
     CorruptRecord,
@@ -86,14 +86,10 @@ def test_fuzz_parse_idx(data):
 @example(data="١,٢,٣".encode())  # digits that are not ASCII
 @example(data=b"1\x1c,2,3\n4,5,6\n")  # str.strip() removes \x1c but int() does not accept it
 def test_fuzz_read_property(workdir, data):
-    path = workdir / "property"
-    path.write_bytes(data)
-    try:
-        classes, height, width = read_property(path)
-    except UserError as err:
-        assert "\n" not in str(err)
+    found = read_or_user_error(workdir / "property", data, read_property, names_file=False)
+    if found is None:
         return
-    assert min(classes, height, width) >= 0
+    assert min(found) >= 0
 
 
 def _pack_seed(tmp_path_factory) -> tuple[bytes, bytes]:
@@ -143,10 +139,8 @@ def test_fuzz_pack_reader_layout_and_verify(workdir, pack_seed, choice):
 @profile()
 @given(data=seeded_or_random(IDX_SEEDS, 128))
 def test_fuzz_read_idx(workdir, data):
-    path = workdir / "fuzz.idx"
-    path.write_bytes(data)
-    try:
-        keys, offsets = read_idx(path)
-    except UserError:
+    found = read_or_user_error(workdir / "fuzz.idx", data, read_idx, names_file=False)
+    if found is None:
         return
+    keys, offsets = found
     assert len(keys) == len(offsets)
