@@ -27,7 +27,6 @@ import math
 import os
 import pickle
 import struct
-import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +153,6 @@ class _Mark:
 
 
 _MARK = _Mark()
-_NATIVE = "<" if sys.byteorder == "little" else ">"
 
 
 class _Interpreter:
