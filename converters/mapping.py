@@ -2,8 +2,8 @@
 
 Mapping is by name with shape checks, never by position. Each rule says, for a parameter of a given
 torch module type, what the Paddle layer calls it and how its layout changes. The per-architecture
-key list (``layout``) is derived from the PyTorch reference model built on the ``meta`` device, so it
-costs no memory; the parity suite proves it equals the Paddle model's ``state_dict`` key for key.
+key list (``layout``) comes from the registry (``architectures``), with no framework imported; the parity
+suite proves it equals both the PyTorch reference's and the Paddle model's ``state_dict`` key for key.
 """
 
 from __future__ import annotations
@@ -16,14 +16,12 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from architectures import Spec, spec_of
+
 from .checkpoint import PaddleWeights
 from .errors import UserError
 
 FORMAT_VERSION = 1
-
-
-def _same(a: np.ndarray) -> np.ndarray:
-    return a
 
 
 def _transpose(a: np.ndarray) -> np.ndarray:
@@ -32,19 +30,27 @@ def _transpose(a: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Rule:
-    """torch ``<module type>.<torch_name>`` is Paddle ``<paddle_name>``, laid out by ``to_paddle``."""
+    """torch ``<module type>.<torch_name>`` is Paddle ``<paddle_name>``, transposed or not."""
 
     modules: tuple[str, ...]
     torch_name: str
     paddle_name: str | None  # None: Paddle has no such state; kept in the weights file's metadata
-    to_paddle: Callable[[np.ndarray], np.ndarray] = _same
-    to_torch: Callable[[np.ndarray], np.ndarray] = _same
+    transpose: bool = False  # a Linear weight: torch [out, in], Paddle [in, out]
+
+    def to_paddle(self, a: np.ndarray) -> np.ndarray:
+        return _transpose(a) if self.transpose else a
+
+    def to_torch(self, a: np.ndarray) -> np.ndarray:
+        return _transpose(a) if self.transpose else a
+
+    def paddle_shape(self, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(reversed(torch_shape)) if self.transpose else tuple(torch_shape)
 
 
 BATCH_NORMS = ("BatchNorm1d", "BatchNorm2d")
 RULES: tuple[Rule, ...] = (
     Rule(("Conv2d",), "weight", "weight"),  # [out, in/groups, kh, kw] in both
-    Rule(("Linear",), "weight", "weight", _transpose, _transpose),  # torch [out, in], Paddle [in, out]
+    Rule(("Linear",), "weight", "weight", transpose=True),  # torch [out, in], Paddle [in, out]
     Rule(("Linear",), "bias", "bias"),
     Rule(BATCH_NORMS, "weight", "weight"),
     Rule(BATCH_NORMS, "bias", "bias"),
@@ -52,6 +58,11 @@ RULES: tuple[Rule, ...] = (
     Rule(BATCH_NORMS, "running_var", "_variance"),
     Rule(BATCH_NORMS, "num_batches_tracked", None),
     Rule(("PReLU",), "weight", "_weight"),
+    Rule(("Conv2d",), "bias", "bias"),  # ViT patch embedding
+    Rule(("LayerNorm",), "weight", "weight"),
+    Rule(("LayerNorm",), "bias", "bias"),
+    Rule(("Parameter",), "pos_embed", "pos_embed"),  # [1, patches, D] in both
+    Rule(("Parameter",), "mask_token", "mask_token"),  # [1, 1, D] in both
 )
 
 
@@ -74,7 +85,7 @@ class Entry:
 
     @property
     def paddle_shape(self) -> tuple[int, ...]:
-        return tuple(self.rule.to_paddle(np.empty(self.torch_shape, dtype=np.uint8)).shape)
+        return self.rule.paddle_shape(self.torch_shape)
 
 
 def _find_rule(module_type: str, name: str) -> Rule:
@@ -84,22 +95,17 @@ def _find_rule(module_type: str, name: str) -> Rule:
     raise KeyError(f"no mapping rule for {module_type}.{name}")
 
 
-@functools.cache
 def layout(arch: str, num_features: int = 512) -> tuple[Entry, ...]:
     """Every state_dict entry of ``arch`` in InsightFace's order, with its Paddle name and shape."""
-    import torch
+    return _layout(spec_of(arch), num_features)
 
-    from torch_reference import get_model
 
-    with torch.device("meta"):
-        model = get_model(arch, num_features=num_features)
-    modules = dict(model.named_modules())
+@functools.cache
+def _layout(spec: Spec, num_features: int) -> tuple[Entry, ...]:
     entries = []
-    for key, value in model.state_dict(keep_vars=True).items():
-        module, _, name = key.rpartition(".")
-        module_type = type(modules[module]).__name__
-        entries.append(Entry(key, tuple(value.shape), str(value.dtype).replace("torch.", ""), module,
-                             module_type, _find_rule(module_type, name)))
+    for p in spec.layout(num_features):
+        name = p.key.rpartition(".")[2]
+        entries.append(Entry(p.key, p.shape, p.dtype, p.module, p.module_type, _find_rule(p.module_type, name)))
     return tuple(entries)
 
 

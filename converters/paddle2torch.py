@@ -22,9 +22,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import architectures  # noqa: E402
 from converters.cli import ArgumentParser  # noqa: E402
 from converters.errors import run_cli  # noqa: E402
-from torch_reference.specs import MODEL_NAMES  # noqa: E402
 
 
 class CheckFailed(Exception):
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     parser = ArgumentParser(prog="paddle2torch.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=MODEL_NAMES, help="expected architecture (default: detected)")
+    parser.add_argument("--arch", choices=architectures.names(), help="expected architecture (default: detected)")
     parser.add_argument("--src", type=Path, required=True, help="Paddle weights (.pdparams)")
     parser.add_argument("--out", type=Path, required=True, help="PyTorch state_dict to write (.pth)")
     parser.add_argument("--check-against", type=Path, metavar="ORIGINAL.pth",

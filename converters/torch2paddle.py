@@ -23,9 +23,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import architectures  # noqa: E402
 from converters.cli import ArgumentParser  # noqa: E402
 from converters.errors import run_cli  # noqa: E402
-from torch_reference.specs import MODEL_NAMES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights"
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     parser = ArgumentParser(prog="torch2paddle.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=MODEL_NAMES, help="expected architecture (default: detected; r50 "
+    parser.add_argument("--arch", choices=architectures.names(), help="expected architecture (default: detected; r50 "
                         "for the demo when no checkpoint is given or found)")
     parser.add_argument("--src", type=Path, help="PyTorch checkpoint (.pth/.pt): a state_dict, or a dict "
                         "wrapping one (state_dict, state_dict_backbone, model), DDP prefixes allowed")

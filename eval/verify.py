@@ -28,10 +28,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import architectures  # noqa: E402
 from converters.cli import ArgumentParser, int_range, thread_count  # noqa: E402
 from converters.errors import UserError, run_cli  # noqa: E402
 from eval.embed import BACKENDS, DEFAULT_BATCH_SIZE, DEVICES  # noqa: E402
-from torch_reference.specs import MODEL_NAMES  # noqa: E402
 
 # InsightFace's usual order; other packs found in --data follow alphabetically
 KNOWN_TARGETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw", "cfp_ff", "vgg2_fp")
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--weights", type=Path, help=".pdparams, .pth/.pt or .onnx")
-    model.add_argument("--arch", choices=MODEL_NAMES, help="expected architecture (default: detected from the weights)")
+    model.add_argument("--arch", choices=architectures.names(), help="expected architecture (default: detected from the weights)")
     model.add_argument("--data", type=Path, help="folder of <name>.bin packs, or one .bin file")
     model.add_argument("--targets", help="comma-separated pack names (default: every .bin in --data)")
     model.add_argument("--backend", choices=BACKENDS, help="default paddle-inference (onnx for an .onnx file)")

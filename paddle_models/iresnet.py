@@ -1,4 +1,4 @@
-"""InsightFace iresnet (r18/r34/r50/r100/r200) in Paddle with the same sublayer names as PyTorch.
+"""InsightFace iresnet (r18 ... r2060) in Paddle with the same sublayer names as PyTorch.
 
 Parameter names differ from torch only where Paddle's layers name them differently (BN ``_mean`` /
 ``_variance``, PReLU ``_weight``) and the ``fc`` weight is stored ``[in, out]``; converters/ maps them.
@@ -15,13 +15,6 @@ from paddle import nn
 
 from .layers import amp_enabled, batch_norm1d, batch_norm2d, conv2d, prelu
 
-IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
-    "r18": (2, 2, 2, 2),
-    "r34": (3, 4, 6, 3),
-    "r50": (3, 4, 14, 3),
-    "r100": (3, 13, 30, 3),
-    "r200": (6, 26, 60, 6),
-}
 STAGE_WIDTHS = (64, 128, 256, 512)
 FC_SCALE = 7 * 7
 CONV_STD = 0.1  # InsightFace initialises every iresnet conv with N(0, 0.1)

@@ -10,11 +10,6 @@ from paddle import nn
 
 from .layers import amp_enabled, batch_norm1d, batch_norm2d, conv2d, normal_attr, prelu
 
-MBF_VARIANTS: dict[str, tuple[tuple[int, int, int, int], int]] = {
-    "mbf": ((1, 4, 6, 2), 2),
-    "mbf_large": ((2, 8, 12, 4), 4),
-}
-
 
 class ConvBlock(nn.Layer):
     def __init__(self, cin: int, cout: int, kernel=1, stride=1, padding=0, groups: int = 1):

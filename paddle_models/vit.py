@@ -25,12 +25,14 @@ float32 at least (float64 models stay float64). Build a float64 model under
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
+
+from architectures import spec_of
 
 from .layers import BN_MOMENTUM, amp_enabled
 
@@ -45,25 +47,6 @@ MASKED_FRACTION = 0.1  # what InsightFace masks whenever mask_ratio > 0
 INIT_STD = 0.02
 
 
-class ViTSpec(NamedTuple):
-    embed_dim: int
-    depth: int
-    num_heads: int
-    drop_path_rate: float
-    mask_ratio: float
-    use_checkpoint: bool
-
-
-VIT_VARIANTS: dict[str, ViTSpec] = {
-    "vit_t": ViTSpec(256, 12, NUM_HEADS, 0.1, 0.1, False),
-    "vit_t_dp005_mask0": ViTSpec(256, 12, NUM_HEADS, 0.05, 0.0, False),
-    "vit_s": ViTSpec(512, 12, NUM_HEADS, 0.1, 0.1, False),
-    "vit_s_dp005_mask_0": ViTSpec(512, 12, NUM_HEADS, 0.05, 0.0, False),
-    "vit_b": ViTSpec(512, 24, NUM_HEADS, 0.1, 0.1, True),
-    "vit_b_dp005_mask_005": ViTSpec(512, 24, NUM_HEADS, 0.05, 0.05, True),
-    "vit_l_dp005_mask_005": ViTSpec(768, 24, NUM_HEADS, 0.05, 0.05, True),
-    "vit_h": ViTSpec(1024, 48, NUM_HEADS, 0.1, 0.0, True),
-}
 
 
 def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
@@ -107,8 +90,8 @@ def layer_norm(dim: int) -> nn.LayerNorm:
                         bias_attr=_zeros_attr())
 
 
-def feature_bn(c: int) -> nn.BatchNorm1D:
-    return nn.BatchNorm1D(c, momentum=BN_MOMENTUM, epsilon=FEATURE_BN_EPS,
+def feature_bn(c: int, eps: float = FEATURE_BN_EPS) -> nn.BatchNorm1D:
+    return nn.BatchNorm1D(c, momentum=BN_MOMENTUM, epsilon=eps,
                           weight_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(1.0)),
                           bias_attr=_zeros_attr())
 
@@ -210,7 +193,7 @@ class VisionTransformer(nn.Layer):
     def __init__(self, img_size: int = IMG_SIZE, patch_size: int = PATCH_SIZE, in_channels: int = 3,
                  num_classes: int = 512, embed_dim: int = 256, depth: int = 12, num_heads: int = NUM_HEADS,
                  mlp_ratio: float = MLP_RATIO, drop_path_rate: float = 0.0, mask_ratio: float = 0.1,
-                 using_checkpoint: bool = False):
+                 using_checkpoint: bool = False, feature_bn_eps: float = FEATURE_BN_EPS):
         super().__init__()
         self.num_classes = num_classes
         self.embed_dim = embed_dim
@@ -229,9 +212,9 @@ class VisionTransformer(nn.Layer):
         self.norm = layer_norm(embed_dim)
         self.feature = nn.Sequential(
             linear(embed_dim * self.num_patches, embed_dim, bias=False),
-            feature_bn(embed_dim),
+            feature_bn(embed_dim, feature_bn_eps),
             linear(embed_dim, num_classes, bias=False),
-            feature_bn(num_classes),
+            feature_bn(num_classes, feature_bn_eps),
         )
         self._injected: tuple[Any, Any] = (None, None)
 
@@ -302,14 +285,20 @@ class VisionTransformer(nn.Layer):
 
 
 def vit(name: str = "vit_t", num_features: int = 512, **overrides: Any) -> VisionTransformer:
-    """Build InsightFace's ViT ``name`` in the default dtype; keyword ``overrides`` replace any constructor
-    argument (e.g. ``depth=2`` for a fast test model)."""
-    if name not in VIT_VARIANTS:
-        raise ValueError(f"unknown ViT {name!r}; known: {', '.join(VIT_VARIANTS)}")
-    spec = VIT_VARIANTS[name]
-    kwargs: dict[str, Any] = dict(img_size=IMG_SIZE, patch_size=PATCH_SIZE, num_classes=num_features,
+    """Build the registered ViT ``name`` in the default dtype; keyword ``overrides`` replace any constructor argument
+    (e.g. ``depth=2`` for a fast test model)."""
+    spec = spec_of(name)
+    if spec.family != "vit":
+        raise ValueError(f"{name} is not a ViT ({spec.describe()})")
+    return vit_from_spec(spec, num_features, **overrides)
+
+
+def vit_from_spec(spec: Any, num_features: int = 512, **overrides: Any) -> VisionTransformer:
+    """Build the ViT a registry ``ViTSpec`` describes, with constructor ``overrides``."""
+    kwargs: dict[str, Any] = dict(img_size=IMG_SIZE, patch_size=spec.patch_size, num_classes=num_features,
                                   embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads,
-                                  drop_path_rate=spec.drop_path_rate, mask_ratio=spec.mask_ratio,
-                                  using_checkpoint=spec.use_checkpoint)
+                                  mlp_ratio=spec.mlp_ratio, drop_path_rate=spec.drop_path_rate,
+                                  mask_ratio=spec.mask_ratio, using_checkpoint=spec.use_checkpoint,
+                                  feature_bn_eps=spec.bn_eps)
     kwargs.update(overrides)
     return VisionTransformer(**kwargs)

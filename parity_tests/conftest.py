@@ -6,10 +6,7 @@ import functools
 
 import pytest
 
-from torch_reference import MODEL_NAMES
-
-# the deep nets dominate the suite's run time; everything else is parametrised over every name too
-ARCHS = list(MODEL_NAMES)
+from parity_tests.archs import ARCHS
 
 
 @functools.lru_cache(maxsize=1)  # one architecture's arrays at a time (r200 is ~0.5 GB)

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+import architectures
 import paddle_models
 import torch_reference
 from converters.mapping import layout, paddle_to_torch, torch_to_paddle
+from parity_tests.archs import ARCHS
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
@@ -46,6 +48,21 @@ def test_torch_reference_state_dict_equals_insightface_key_list(arch, tsv):
     assert got == expected
 
 
+@pytest.mark.parametrize("arch", architectures.names())
+def test_registry_layout_equals_the_torch_reference_built_on_the_meta_device(arch):
+    """The framework-free layout every converter and detector uses is the PyTorch model's state_dict, entry
+    for entry (key, shape, dtype, owning module and its type)."""
+    with torch.device("meta"):
+        model = torch_reference.get_model(arch, num_features=384)
+    modules = dict(model.named_modules())
+    got = [(k, tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in model.state_dict().items()]
+    entries = architectures.layout(arch, 384)
+    assert got == [(p.key, p.shape, p.dtype) for p in entries]
+    for p in entries:
+        kind = type(modules[p.module]).__name__
+        assert kind == p.module_type or (p.module_type == "Parameter" and p.module == ""), p.key
+
+
 @pytest.mark.parametrize("arch", list(INSIGHTFACE_COUNTS))
 def test_torch_reference_entry_and_parameter_counts_match_insightface(arch):
     entries, params = INSIGHTFACE_COUNTS[arch]
@@ -55,7 +72,7 @@ def test_torch_reference_entry_and_parameter_counts_match_insightface(arch):
     assert sum(p.numel() for p in model.parameters()) == params
 
 
-@pytest.mark.parametrize("arch", list(torch_reference.MODEL_NAMES))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_paddle_state_dict_names_order_and_shapes_follow_the_mapping_table(arch):
     model = paddle_models.get_model(arch)
     state = model.state_dict()
@@ -67,7 +84,7 @@ def test_paddle_state_dict_names_order_and_shapes_follow_the_mapping_table(arch)
     assert len(dropped) == sum(1 for e in layout(arch) if e.rule.torch_name == "running_mean")
 
 
-@pytest.mark.parametrize("arch", list(torch_reference.MODEL_NAMES))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_paddle_and_torch_sublayer_names_are_identical(arch):
     with torch.device("meta"):
         torch_names = [n for n, _ in torch_reference.get_model(arch).named_modules() if n]
@@ -75,7 +92,7 @@ def test_paddle_and_torch_sublayer_names_are_identical(arch):
     assert torch_names == paddle_names
 
 
-@pytest.mark.parametrize("arch", list(torch_reference.MODEL_NAMES))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_torch_to_paddle_to_torch_is_bit_identical(arch):
     rng = np.random.default_rng(7)
     original = {}

@@ -17,6 +17,7 @@ import paddle
 import pytest
 import torch
 
+import architectures
 from converters.inputs import faces_from_bin, seeded_images
 from converters.parity import (
     EMBEDDING_COSINE,
@@ -236,10 +237,12 @@ def test_every_name_has_insightface_layout_and_size(name):
     assert model.blocks[0].attn.num_heads == 8 and isinstance(model.blocks[0].mlp.act, torch.nn.ReLU6)
 
 
-def test_variant_tables_and_drop_path_rates_agree_across_frameworks():
-    assert tv.VIT_VARIANTS == pv.VIT_VARIANTS
+def test_registry_holds_insightface_vit_arguments_and_drop_path_rates_agree_across_frameworks():
+    specs = {n: architectures.spec_of(n) for n in architectures.names() if architectures.family_of(n) == "vit"}
     assert {n: (s.embed_dim, s.depth, s.drop_path_rate, s.mask_ratio, s.use_checkpoint)
-            for n, s in tv.VIT_VARIANTS.items()} == INSIGHTFACE_ARGS
+            for n, s in specs.items()} == INSIGHTFACE_ARGS
+    assert all((s.num_heads, s.patch_size, s.norm, s.bn_eps, s.mlp_ratio) == (8, 9, "ln", 2e-5, 4.0)
+               for s in specs.values())
     # PyTorch's float32 linspace, bit for bit (numpy's differs in the last bit at depth 12, 24 and 48)
     for rate in (0.1, 0.05):
         for depth in range(1, 65):

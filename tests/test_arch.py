@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from converters.arch import detect_arch, resolve_arch
+import architectures
+from converters.arch import detect_arch, expected_shapes, resolve_arch
 from converters.errors import UserError
-from converters.mapping import layout
-from torch_reference import MODEL_NAMES
 
 
 def shapes(arch: str, framework: str, num_features: int = 512) -> dict:
-    entries = layout(arch, num_features)
-    if framework == "torch":
-        return {e.torch_key: e.torch_shape for e in entries}
-    return {e.paddle_key: e.paddle_shape for e in entries if e.paddle_key}
+    return expected_shapes(arch, num_features, framework)
 
 
 @pytest.mark.parametrize("framework", ["torch", "paddle"])
-@pytest.mark.parametrize("arch", MODEL_NAMES)
+@pytest.mark.parametrize("arch", architectures.names())
 def test_every_registry_architecture_is_recognised(arch, framework):
     info = detect_arch(shapes(arch, framework), "ckpt", framework)
-    assert (info.name, info.num_features) == (arch, 512)
+    # names with interchangeable weights are reported as the first of them, with the others as alternatives
+    assert (info.name, info.num_features) == (architectures.same_weights(arch)[0], 512)
+    assert info.same_weights == architectures.same_weights(arch)
+    assert resolve_arch(arch, info, "ckpt").name == arch
 
 
 @pytest.mark.parametrize("framework", ["torch", "paddle"])
@@ -30,19 +29,36 @@ def test_embedding_size_is_read_from_the_head(framework):
     assert detect_arch(shapes("r34", framework, 256), "ckpt", framework).num_features == 256
 
 
-def test_iresnet2060_is_named_and_refused():
-    keys = {"conv1.weight": (64, 3, 3, 3), "fc.weight": (512, 25088)}
-    for stage, n in zip(range(1, 5), (3, 128, 896, 3)):
-        keys.update({f"layer{stage}.{b}.bn1.weight": (64,) for b in range(n)})
-    with pytest.raises(UserError, match="r2060 is not supported"):
-        detect_arch(keys, "ckpt")
+def test_vit_names_that_differ_only_in_training_share_their_weights():
+    info = detect_arch(shapes("vit_b_dp005_mask_005", "torch"), "ckpt")
+    assert (info.name, info.alternatives) == ("vit_b", ("vit_b_dp005_mask_005",))
+    assert info.description == "ViT dim 512 depth 24 heads 8 patch 9, 512-d embedding"
+    assert detect_arch(shapes("vit_l_dp005_mask_005", "paddle", 256), "c", "paddle").same_weights == (
+        "vit_l_dp005_mask_005",)
 
 
-def test_unknown_depth_lists_the_blocks_found():
+def test_iresnet2060_is_recognised_from_its_key_pattern():
+    info = detect_arch(shapes("r2060", "torch", 128), "ckpt")
+    assert (info.name, info.num_features, info.description) == (
+        "r2060", 128, "iresnet blocks 3-128-896-3, 128-d embedding")
+
+
+def test_an_unregistered_depth_names_the_nearest_architecture_and_its_first_difference():
     keys = dict(shapes("r18", "torch"))
     keys["layer3.2.bn1.weight"] = (256,)
-    with pytest.raises(UserError, match="blocks 2-2-3-2 matches no known depth"):
+    with pytest.raises(UserError, match=r"nearest is r18 \(iresnet blocks 2-2-2-2\), but layer3.2.bn1.weight "
+                                        "is not part of it"):
         detect_arch(keys, "ckpt")
+    vit = dict(shapes("vit_t", "paddle"))
+    vit["blocks.3.attn.qkv.weight"] = (256, 512)
+    with pytest.raises(UserError, match=r"nearest is vit_t .*blocks.3.attn.qkv.weight is \[256, 512\], not "
+                                        r"\[256, 768\]"):
+        detect_arch(vit, "ckpt", "paddle")
+
+
+def test_keys_of_no_known_family_are_listed():
+    with pytest.raises(UserError, match="not the state_dict of a registered architecture .*keys: a.weight, b"):
+        detect_arch({"a.weight": (3,), "b": (1,)}, "ckpt")
 
 
 def test_wrong_arch_message_names_both():
@@ -54,13 +70,13 @@ def test_wrong_arch_message_names_both():
     assert resolve_arch(None, info, "x.pth") is info
 
 
-def test_paddle_and_torch_registries_agree():
-    """paddle_models keeps its own copy of the block table (it depends on paddle only); it must not drift."""
-    import paddle_models
-    from paddle_models.iresnet import IRESNET_LAYERS
-    from paddle_models.mobilefacenet import MBF_VARIANTS
-    from torch_reference import specs
-
-    assert paddle_models.MODEL_NAMES == specs.MODEL_NAMES
-    assert IRESNET_LAYERS == specs.IRESNET_LAYERS
-    assert MBF_VARIANTS == specs.MBF_VARIANTS
+def test_a_size_registered_at_run_time_is_detected_and_resolved():
+    with architectures.registered("r_tiny", architectures.IResNetSpec((2, 3, 4, 2))):
+        info = detect_arch(shapes("r_tiny", "paddle", 64), "ckpt", "paddle")
+        assert (info.name, info.num_features) == ("r_tiny", 64)
+        with pytest.raises(UserError, match="--arch r18 expects iresnet blocks 2-2-2-2, but the checkpoint is "
+                                            "r_tiny"):
+            resolve_arch("r18", info, "ckpt")
+    assert "r_tiny" not in architectures.names()
+    with pytest.raises(UserError, match="nearest is"):
+        detect_arch(shapes("r18", "torch") | {"layer2.2.bn1.weight": (128,)}, "ckpt")

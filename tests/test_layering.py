@@ -26,7 +26,10 @@ import pytest
 #     converters             conversion, parity, and the helpers every layer shares (errors, images, ...)
 #       ↓
 #     paddle_models  torch_reference     the models (torch_reference also backs the converters' checks)
+#       ↓
+#     architectures          the registry: names, family specs and state_dict layouts, framework-free
 LAYERS = {
+    "architectures": -1,
     "paddle_models": 0,
     "torch_reference": 0,
     "converters": 1,
@@ -334,3 +337,8 @@ def test_checker_finds_a_self_import(fake_tree):
     fake_tree({"eval/x.py": "def f():\n    from eval import x\n"})
     (cycle,) = import_cycles()
     assert cycle.startswith("eval.x -> eval.x")
+
+
+def test_the_architecture_registry_imports_no_framework():
+    registry = [name for name in MODULES if name.split(".")[0] == "architectures"]
+    assert registry and all(framework_free(name) for name in registry)

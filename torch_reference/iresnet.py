@@ -1,4 +1,4 @@
-"""InsightFace iresnet (ArcFace backbones r18/r34/r50/r100/r200) in PyTorch.
+"""InsightFace iresnet (ArcFace backbones r18 ... r2060) in PyTorch.
 
 Written from a description of InsightFace's architecture (not its code) so that
 ``state_dict()`` has exactly InsightFace's keys, order, shapes and dtypes: a checkpoint saved by
@@ -14,8 +14,6 @@ from typing import Sequence
 
 import torch
 from torch import nn
-
-from .specs import IRESNET_LAYERS
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 FC_SCALE = 7 * 7  # spatial size of the last feature map
@@ -111,18 +109,3 @@ class IResNet(nn.Module):
         x = self.fc(x.float() if self.fp16 else x)
         return self.features(x)
 
-
-def _factory(name: str):
-    def build(**kwargs) -> IResNet:
-        return IResNet(IRESNET_LAYERS[name], **kwargs)
-
-    build.__name__ = f"iresnet{name[1:]}"
-    build.__doc__ = f"InsightFace iresnet{name[1:]} (blocks {IRESNET_LAYERS[name]})."
-    return build
-
-
-iresnet18 = _factory("r18")
-iresnet34 = _factory("r34")
-iresnet50 = _factory("r50")
-iresnet100 = _factory("r100")
-iresnet200 = _factory("r200")

@@ -11,8 +11,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .specs import MBF_VARIANTS
-
 
 class ConvBlock(nn.Module):
     """Conv (no bias) -> BN -> per-channel PReLU, as ``layers.{0,1,2}``."""
@@ -138,7 +136,3 @@ class MobileFaceNet(nn.Module):
         x = self.conv_sep(x.float() if self.fp16 else x)
         return self.features(x)
 
-
-def get_mbf(name: str = "mbf", **kwargs) -> MobileFaceNet:
-    blocks, scale = MBF_VARIANTS[name]
-    return MobileFaceNet(blocks=blocks, scale=scale, **kwargs)

@@ -33,11 +33,13 @@ model is float64; InsightFace casts to float32, which would fail in float64).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from architectures import spec_of
 
 IMG_SIZE = 112
 PATCH_SIZE = 9
@@ -49,26 +51,6 @@ MASKED_FRACTION = 0.1  # what InsightFace masks whenever mask_ratio > 0
 INIT_STD = 0.02
 
 
-class ViTSpec(NamedTuple):
-    embed_dim: int
-    depth: int
-    num_heads: int
-    drop_path_rate: float
-    mask_ratio: float
-    use_checkpoint: bool
-
-
-# InsightFace's factory names (all with img_size 112, patch_size 9, LayerNorm, num_classes=num_features)
-VIT_VARIANTS: dict[str, ViTSpec] = {
-    "vit_t": ViTSpec(256, 12, NUM_HEADS, 0.1, 0.1, False),
-    "vit_t_dp005_mask0": ViTSpec(256, 12, NUM_HEADS, 0.05, 0.0, False),
-    "vit_s": ViTSpec(512, 12, NUM_HEADS, 0.1, 0.1, False),
-    "vit_s_dp005_mask_0": ViTSpec(512, 12, NUM_HEADS, 0.05, 0.0, False),
-    "vit_b": ViTSpec(512, 24, NUM_HEADS, 0.1, 0.1, True),
-    "vit_b_dp005_mask_005": ViTSpec(512, 24, NUM_HEADS, 0.05, 0.05, True),
-    "vit_l_dp005_mask_005": ViTSpec(768, 24, NUM_HEADS, 0.05, 0.05, True),
-    "vit_h": ViTSpec(1024, 48, NUM_HEADS, 0.1, 0.0, True),
-}
 
 
 def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
@@ -184,7 +166,7 @@ class VisionTransformer(nn.Module):
     def __init__(self, img_size: int = IMG_SIZE, patch_size: int = PATCH_SIZE, in_channels: int = 3,
                  num_classes: int = 512, embed_dim: int = 256, depth: int = 12, num_heads: int = NUM_HEADS,
                  mlp_ratio: float = MLP_RATIO, drop_path_rate: float = 0.0, mask_ratio: float = 0.1,
-                 using_checkpoint: bool = False):
+                 using_checkpoint: bool = False, feature_bn_eps: float = FEATURE_BN_EPS):
         super().__init__()
         self.num_classes = num_classes
         self.embed_dim = embed_dim
@@ -200,9 +182,9 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
         self.feature = nn.Sequential(
             nn.Linear(embed_dim * self.num_patches, embed_dim, bias=False),
-            nn.BatchNorm1d(embed_dim, eps=FEATURE_BN_EPS),
+            nn.BatchNorm1d(embed_dim, eps=feature_bn_eps),
             nn.Linear(embed_dim, num_classes, bias=False),
-            nn.BatchNorm1d(num_classes, eps=FEATURE_BN_EPS),
+            nn.BatchNorm1d(num_classes, eps=feature_bn_eps),
         )
         # created (and so listed) whatever mask_ratio is, as in InsightFace
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -289,14 +271,20 @@ class VisionTransformer(nn.Module):
 
 
 def vit(name: str = "vit_t", num_features: int = 512, **overrides: Any) -> VisionTransformer:
-    """Build InsightFace's ViT ``name``; keyword ``overrides`` replace any constructor argument
+    """Build the registered ViT ``name``; keyword ``overrides`` replace any constructor argument
     (e.g. ``depth=2`` for a fast test model)."""
-    if name not in VIT_VARIANTS:
-        raise ValueError(f"unknown ViT {name!r}; known: {', '.join(VIT_VARIANTS)}")
-    spec = VIT_VARIANTS[name]
-    kwargs: dict[str, Any] = dict(img_size=IMG_SIZE, patch_size=PATCH_SIZE, num_classes=num_features,
+    spec = spec_of(name)
+    if spec.family != "vit":
+        raise ValueError(f"{name} is not a ViT ({spec.describe()})")
+    return vit_from_spec(spec, num_features, **overrides)
+
+
+def vit_from_spec(spec: Any, num_features: int = 512, **overrides: Any) -> VisionTransformer:
+    """Build the ViT a registry ``ViTSpec`` describes, with constructor ``overrides``."""
+    kwargs: dict[str, Any] = dict(img_size=IMG_SIZE, patch_size=spec.patch_size, num_classes=num_features,
                                   embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads,
-                                  drop_path_rate=spec.drop_path_rate, mask_ratio=spec.mask_ratio,
-                                  using_checkpoint=spec.use_checkpoint)
+                                  mlp_ratio=spec.mlp_ratio, drop_path_rate=spec.drop_path_rate,
+                                  mask_ratio=spec.mask_ratio, using_checkpoint=spec.use_checkpoint,
+                                  feature_bn_eps=spec.bn_eps)
     kwargs.update(overrides)
     return VisionTransformer(**kwargs)

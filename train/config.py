@@ -270,7 +270,7 @@ FLOAT_RANGES = {
 def validate(config: TrainConfig, path: Path | None = None, origins: dict[str, str] | None = None) -> None:
     """Values that are well-typed but unusable are errors before anything runs (naming the config file,
     or the command-line override in ``origins`` that gave the key)."""
-    from torch_reference import MODEL_NAMES
+    import architectures
 
     def bad(message: str):
         key = message.split(" ", 1)[0].rstrip(":")
@@ -281,8 +281,8 @@ def validate(config: TrainConfig, path: Path | None = None, origins: dict[str, s
     for key, options in CHOICES.items():
         if getattr(config, key) not in options:
             bad(f"{key} must be one of {', '.join(options)}, got {getattr(config, key)!r}")
-    if config.network not in MODEL_NAMES:
-        bad(f"network must be one of {', '.join(MODEL_NAMES)}, got {config.network!r}")
+    if config.network not in architectures.names():
+        bad(f"network must be one of {', '.join(architectures.names())}, got {config.network!r}")
     if len(config.margin_list) != 3 or not all(isinstance(m, (int, float)) for m in config.margin_list):
         bad(f"margin_list must be three numbers (m1, m2, m3), got {config.margin_list!r}")
     if config.dali:
