@@ -17,7 +17,7 @@ class StrictLoadError(RuntimeError):
     """A model did not take every entry (a bug in the mapping, not a user error)."""
 
 
-# Paddle's batch_norm takes epsilon as a float32 attribute, also in float64: 1e-5 becomes
+# Paddle's batch_norm and layer_norm take epsilon as a float32 attribute, also in float64: 1e-5 becomes
 # 9.99999974737875e-06. Float32 torch rounds it the same way; a float64 torch reference must use the
 # rounded value too, or BN outputs differ by ~1e-11 relative and train-mode gradients by ~1e-8 (measured).
 PADDLE_BN_EPS = float(np.float32(1e-5))
@@ -27,7 +27,7 @@ def torch_model(arch: str, arrays: Mapping[str, np.ndarray], num_features: int =
                 dtype: str = "float32") -> torch.nn.Module:
     """The PyTorch reference ``arch`` in eval mode with ``arrays`` loaded (``strict=True``).
 
-    With ``dtype="float64"`` every BatchNorm uses Paddle's float32-rounded epsilon (``PADDLE_BN_EPS``).
+    With ``dtype="float64"`` every BatchNorm and LayerNorm uses its epsilon rounded to float32, as Paddle does.
     """
     import torch
 
@@ -42,8 +42,8 @@ def torch_model(arch: str, arrays: Mapping[str, np.ndarray], num_features: int =
     model = model.to(getattr(torch, dtype))
     if dtype == "float64":
         for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eps = PADDLE_BN_EPS
+            if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm)):
+                module.eps = float(np.float32(module.eps))
     return model.eval()
 
 
