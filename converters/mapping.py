@@ -182,6 +182,8 @@ def paddle_key_of(torch_key: str, arch: str, num_features: int = 512) -> str | N
 
 def trainable_pairs(arch: str, num_features: int = 512) -> list[tuple[str, str, Callable[[np.ndarray], np.ndarray]]]:
     """(torch name, Paddle name, Paddle-to-torch layout) of every trainable backbone parameter: each
-    ``weight`` and ``bias`` (PReLU slopes included) except iresnet's frozen ``features.weight``."""
+    weight and bias (PReLU slopes included) and a ViT's ``pos_embed`` and ``mask_token``, but no BatchNorm
+    statistics and not iresnet's frozen ``features.weight``."""
+    frozen = "features.weight" if spec_of(arch).family == "iresnet" else None
     return [(e.torch_key, e.paddle_key, e.rule.to_torch) for e in layout(arch, num_features)
-            if e.paddle_key and e.rule.torch_name in ("weight", "bias") and e.torch_key != "features.weight"]
+            if e.paddle_key and e.rule.torch_name not in ("running_mean", "running_var") and e.torch_key != frozen]
