@@ -33,6 +33,8 @@ COMMANDS: dict[str, Command] = {
                       "evaluate a model (or embeddings) on InsightFace's verification packs"),
     "train": Command("train.train:main", "python train/train.py",
                      "train ArcFace/CosFace with Partial FC in Paddle"),
+    "reshard": Command("train.reshard:main", "python train/reshard.py",
+                       "re-shard a training run's checkpoints for another number of processes"),
     "recordio": Command("train.data.tools:main", "python -m train.data.recordio",
                         "InsightFace RecordIO packs: dump, verify, pack, unpack, shuffle"),
     "synthetic": Command("eval.synthetic:main", "python eval/synthetic.py",

@@ -147,7 +147,7 @@ def test_bombs_are_refused_in_a_bin_pack(bombs, kind, tmp_path):
 def test_bombs_are_refused_in_a_recordio_pack(bombs, kind, tmp_path):
     from train.data.datasets import RecordDataset
     from train.data.layout import write_pack
-    from train.data.verify import verify_pack
+    from train.data.pack_check import verify_pack
 
     good = encoded(".jpg", 112, 112)
     write_pack(tmp_path, [0, 1, 2], [good, bombs[kind], good], (112, 112))

@@ -1,15 +1,18 @@
-"""Training checkpoints: everything an exact resume needs, one file per rank, written atomically.
+"""Training checkpoints: ``TrainingCheckpoint``, everything an exact resume needs, one file per rank.
 
-A checkpoint is a pickle of plain containers and numpy arrays (read back through the project's restricted
-unpickler, so a checkpoint from elsewhere cannot run code). Optimizer accumulators are stored under the
-parameters' structured names (``backbone/layer1.0.conv1.weight/velocity_0``), not Paddle's generated
-ones (``conv2d_3.w_0``), so a checkpoint does not depend on the order layers were created in a process.
+A checkpoint file is a pickle of plain containers and numpy arrays, written atomically and read back
+through the project's restricted unpickler (so a checkpoint from elsewhere cannot run code), then checked
+field by field before anything uses it. Optimizer accumulators are stored under the parameters' structured
+names (``backbone/layer1.0.conv1.weight/velocity_0``), not Paddle's generated ones (``conv2d_3.w_0``), so a
+checkpoint does not depend on the order layers were created in a process.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import shlex
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,10 +23,126 @@ from converters.outputs import atomic_output
 from converters.safe_pickle import load_user_pickle
 
 FORMAT = "arcface-bridge-train/1"
+# the config keys a resume compares with the current run, and the progress counters with their minimum
+RESUME_CONFIG_KEYS = ("network", "embedding_size", "num_classes", "batch_size", "sample_rate", "pfc_update",
+                      "optimizer", "num_image")
+COUNTERS = {"step": 0, "epoch": 0, "batch": 0, "world_size": 1}
+MAX_COUNTER = 2**62
 
 
 def checkpoint_path(output: str | Path, rank: int) -> Path:
+    """The checkpoint file of ``rank`` in a run's output folder."""
     return Path(output) / f"checkpoint_rank{rank}.pdckpt"
+
+
+@dataclass
+class TrainingCheckpoint:
+    """What one rank of a run saves and a resume restores.
+
+    ``step`` optimizer iterations were done; the run continues at batch ``batch`` of epoch ``epoch`` (batches
+    of this rank's sampler). ``backbone`` and ``pfc`` are the layers' state_dicts (``pfc`` this rank's shard
+    with its ``shard_layout``), ``optimizer`` the optimizer state by structured parameter name with the
+    learning-rate schedule under ``LR_Scheduler``, ``rng`` the Partial FC sampling generator's state
+    (``pfc_scores``), ``scaler`` the AMP GradScaler's state (None without AMP).
+    """
+
+    step: int
+    epoch: int
+    batch: int
+    world_size: int
+    config: dict[str, Any]
+    backbone: dict[str, np.ndarray]
+    pfc: dict[str, np.ndarray]
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]
+    scaler: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------------------ a run <-> checkpoint
+    @classmethod
+    def capture(cls, trainer, scores: np.random.Generator, epoch: int, batch: int) -> TrainingCheckpoint:
+        """The state of ``trainer`` (backbone, Partial FC, optimizer, schedule, AMP scaler) and of the
+        sampling generator ``scores``, about to continue at ``batch`` of ``epoch``."""
+        return cls(step=trainer.global_step, epoch=epoch, batch=batch, world_size=trainer.world_size,
+                   config=trainer.config.to_dict(), backbone=to_numpy_tree(trainer.backbone.state_dict()),
+                   pfc=to_numpy_tree(trainer.pfc.state_dict()),
+                   optimizer=optimizer_state(trainer.optimizer, named_parameters(trainer)),
+                   rng={"pfc_scores": scores.bit_generator.state},
+                   scaler=to_numpy_tree(trainer.scaler.state_dict()) if trainer.scaler is not None else None)
+
+    def check_resumable(self, config, world_size: int, path: str | Path) -> None:
+        """A run of ``config`` on ``world_size`` processes can continue this checkpoint (read from ``path``):
+        the same world size and the same values of ``RESUME_CONFIG_KEYS``; else a one-line error."""
+        if self.world_size != world_size:
+            out = resharded_folder(Path(path).parent, world_size)
+            raise UserError(path, f"written by {processes(self.world_size)}, resumed with {world_size}; "
+                            f"re-shard the run first: {reshard_command(path, world_size)} (then resume with "
+                            f"--output {shlex.quote(str(out))})")
+        for key in RESUME_CONFIG_KEYS:
+            if self.config[key] != getattr(config, key):
+                raise UserError(path, f"{key} = {self.config[key]!r} in the checkpoint, "
+                                f"{getattr(config, key)!r} now")
+
+    def restore(self, trainer, scores: np.random.Generator, path: str | Path) -> None:
+        """Put this checkpoint's state into ``trainer`` and ``scores`` (the inverse of ``capture``); arrays
+        that do not fit the trainer's layers are a one-line error naming ``path``."""
+        from converters.checkpoint import PaddleWeights
+        from converters.models import load_paddle_weights
+
+        check_state_shapes(path, "backbone", self.backbone, trainer.backbone)
+        check_state_shapes(path, "pfc", self.pfc, trainer.pfc)
+        load_paddle_weights(trainer.backbone, PaddleWeights(self.backbone))
+        trainer.pfc.set_state_dict(self.pfc)
+        # the optimizer state holds the learning-rate schedule too
+        restore_optimizer_state(trainer.optimizer, named_parameters(trainer), self.optimizer, path)
+        scores.bit_generator.state = self.rng["pfc_scores"]
+        if trainer.scaler is not None and self.scaler:
+            trainer.scaler.load_state_dict(self.scaler)
+        trainer.global_step = self.step
+
+    # ---------------------------------------------------------------------------------- file <-> object
+    def save(self, path: str | Path) -> None:
+        """Write atomically: a crash mid-save leaves the previous checkpoint intact."""
+        payload = {"format": FORMAT, **{f.name: to_numpy_tree(getattr(self, f.name)) for f in fields(self)}}
+        with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+            if os.environ.get(PAUSE_HOOK) == str(self.step):
+                _write_half_and_pause(fh, payload)
+            pickle.dump(payload, fh, protocol=5)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainingCheckpoint:
+        """Read a checkpoint safely and check its schema (keys, types, ranges) before anything uses it."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(path, "no checkpoint to resume from")
+        state = load_user_pickle(path, "training checkpoint")
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise UserError(path, f"not a training checkpoint of this project (expected format {FORMAT})")
+        _validate(state, path)
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
+
+
+def processes(count: int) -> str:
+    return f"{count} process" + ("" if count == 1 else "es")
+
+
+def resharded_folder(src: str | Path, world_size: int) -> Path:
+    """``RUN-<N>ranks`` beside the run folder ``src``: where ``train.reshard`` puts a re-sharded copy."""
+    src = Path(src)
+    named = src if src.name not in ("", "..") else src.resolve()
+    return named.with_name(f"{named.name}-{world_size}ranks")
+
+
+def reshard_command(path: str | Path, world_size: int) -> str:
+    """The command that re-shards the run holding the checkpoint ``path`` for ``world_size`` processes."""
+    folder = Path(path).parent
+    return (f"python -m train.reshard --src {shlex.quote(str(folder))} --world-size {world_size} "
+            f"--out {shlex.quote(str(resharded_folder(folder, world_size)))}")
+
+
+def named_parameters(trainer) -> dict[str, Any]:
+    """The trainer's parameters under the structured names the optimizer state is saved with."""
+    return {**{f"backbone/{k}": p for k, p in trainer.backbone.named_parameters()},
+            **{f"pfc/{k}": p for k, p in trainer.pfc.named_parameters()}}
 
 
 def to_numpy_tree(value: Any) -> Any:
@@ -35,15 +154,6 @@ def to_numpy_tree(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(to_numpy_tree(v) for v in value)
     return value
-
-
-def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
-    """Write ``state`` atomically: a crash mid-save leaves the previous checkpoint intact."""
-    payload = {"format": FORMAT, **to_numpy_tree(state)}
-    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
-        if os.environ.get(PAUSE_HOOK) == str(state.get("step")):
-            _write_half_and_pause(fh, payload)
-        pickle.dump(payload, fh, protocol=5)
 
 
 # test hook (fault injection): the checkpoint of this step stops after half its bytes, so a test can SIGKILL
@@ -60,27 +170,8 @@ def _write_half_and_pause(fh, payload: dict) -> None:
     time.sleep(3600)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint safely and check its schema (keys, types, ranges) before anything uses it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(path, "no checkpoint to resume from")
-    state = load_user_pickle(path, "training checkpoint")
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(path, f"not a training checkpoint of this project (expected format {FORMAT})")
-    validate_checkpoint(state, path)
-    return state
-
-
-# the config keys a resume compares with the current run (train/train.py) and the progress counters
-RESUME_CONFIG_KEYS = ("network", "embedding_size", "num_classes", "batch_size", "sample_rate", "pfc_update",
-                      "optimizer", "num_image")
-COUNTERS = {"step": 0, "epoch": 0, "batch": 0, "world_size": 1}
-MAX_COUNTER = 2**62
-
-
-def validate_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
-    """One-line ``UserError`` naming the first missing or mistyped field of a checkpoint's ``state``."""
+def _validate(state: Mapping[str, Any], path: str | Path) -> None:
+    """One-line ``UserError`` naming the first missing or mistyped field of a checkpoint file's ``state``."""
     from train.config import FIELD_TYPES, _check_type
 
     def bad(field: str, problem: str):

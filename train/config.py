@@ -1,9 +1,11 @@
 """Training configuration: InsightFace's keys and values, read safely from small config files.
 
 A config file is a list of ``key = literal`` assignments (numbers, strings, booleans, None, tuples,
-lists), like InsightFace's ``configs/*.py`` without the ``config.`` prefix. It is parsed with ``ast``,
-never executed. A run is ``configs/base.py`` + the job file + ``key=value`` overrides from the command
-line; unknown keys, wrong types and bad values are one-line errors naming the file (and line).
+lists), like InsightFace's ``configs/*.py`` (``config.`` prefix optional). It is parsed with ``ast``, never
+executed. A run is the defaults of ``TrainConfig`` (InsightFace's ``configs/base.py``, written only there)
++ the job file + ``key=value`` overrides from the command line; unknown keys, wrong types and bad values are
+one-line errors naming the file (and line). Keys InsightFace has but this project does not use
+(``IGNORED_KEYS``) are accepted; a run that sets one says so in one warning line.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ MAX_CONFIG_BYTES = 1 << 20  # a config is a few dozen short lines
 
 @dataclass
 class TrainConfig:
-    """Every key a training run reads. Defaults are InsightFace's ``configs/base.py`` (reference §6.3)."""
+    """Every key a config may set, with its default: the one place defaults are written. The defaults are
+    InsightFace's ``configs/base.py`` except ``save_all_states`` (always true here); job configs supply
+    ``rec``, ``num_classes``, ``num_image``, ``num_epoch``, ``warmup_epoch`` and ``val_targets``."""
 
     # model and loss
     network: str = "r50"
@@ -50,7 +54,7 @@ class TrainConfig:
     # optimisation
     optimizer: str = "sgd"  # "sgd" (momentum 0.9, coupled decay) or "adamw"
     lr: float = 0.1
-    momentum: float = 0.9  # InsightFace ignores it (SGD momentum is hard-coded 0.9); so does this project
+    momentum: float = 0.9  # ignored, as by InsightFace (SGD momentum is hard-coded 0.9)
     weight_decay: float = 5e-4
     batch_size: int = 128  # per process
     num_epoch: int = 20
@@ -60,12 +64,13 @@ class TrainConfig:
     seed: int = 2048
     # run
     output: str | None = None
-    resume: bool = False
-    save_all_states: bool = True  # this project always writes resumable checkpoints
+    resume: bool = False  # ignored: train.py --resume continues a run
+    save_all_states: bool = True  # ignored: every run writes resumable checkpoints
     save_every: int = 0  # steps between mid-epoch checkpoints; 0 = epoch ends only
     verbose: int = 2000  # steps between verification runs
     frequent: int = 10  # steps between log lines
-    # accepted for compatibility with InsightFace configs, unused here
+    notes: str = field(default="", metadata={"help": "free text kept with the run (config.json)"})
+    # Weights & Biases logging: ignored
     using_wandb: bool = False
     wandb_key: str = ""
     suffix_run_name: str | None = None
@@ -74,9 +79,8 @@ class TrainConfig:
     wandb_log_all: bool = True
     save_artifacts: bool = False
     wandb_resume: bool = False
-    notes: str = field(default="", metadata={"help": "free text kept with the run"})
 
-    # ------------------------------------------------------------------ derived values (reference §6.2)
+    # ------------------------------------------------------------------ derived values (as train_v2.py)
     def total_batch(self, world_size: int) -> int:
         return self.batch_size * world_size
 
@@ -95,6 +99,13 @@ class TrainConfig:
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+# InsightFace keys accepted and ignored: DALI augmentation (no DALI with Paddle), SGD momentum (hard-coded,
+# as in InsightFace), resume and save_all_states (--resume continues a run; checkpoints are always written),
+# Weights & Biases
+IGNORED_KEYS = frozenset({"dali_aug", "momentum", "resume", "save_all_states", "using_wandb", "wandb_key",
+                          "suffix_run_name", "wandb_entity", "wandb_project", "wandb_log_all",
+                          "save_artifacts", "wandb_resume"})
 CHOICES = {"optimizer": ("sgd", "adamw"), "grad_mode": ("insightface", "exact"),
            "pfc_update": ("dense", "sparse")}
 
@@ -220,13 +231,12 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 
 
 def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> TrainConfig:
-    """base.py, then the job config, then command-line overrides; validated."""
+    """The defaults, then the job config, then command-line overrides; validated."""
     path = resolve_config_path(name_or_path)
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "base"))
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.py")))
         raise UserError(path, f"no such config file (names in train/configs: {known})")
-    values = read_config_file(CONFIG_DIR / "base.py")
-    values.update(read_config_file(path))
+    values = read_config_file(path)
     overrides = list(overrides)
     given = parse_overrides(overrides)
     values.update(given)
@@ -310,6 +320,22 @@ def validate(config: TrainConfig, path: Path | None = None, origins: dict[str, s
         bad("rec is not set: a RecordIO folder, an image folder or label.txt, or 'synthetic'")
     if config.rec != "synthetic" and not data_path(config).exists():
         bad(f"rec: training data not found: {data_path(config)}")
+
+
+def ignored_settings(config: TrainConfig) -> dict[str, Any]:
+    """The ``IGNORED_KEYS`` that ``config`` sets to something other than their default."""
+    return {key: getattr(config, key) for key in sorted(IGNORED_KEYS)
+            if getattr(config, key) != DEFAULTS[key]}
+
+
+def ignored_warning(config: TrainConfig) -> str | None:
+    """One line naming the ignored keys the config sets (None if it sets none)."""
+    ignored = ignored_settings(config)
+    if not ignored:
+        return None
+    hint = "; --resume continues a run" if "resume" in ignored else ""
+    return ("config keys accepted for InsightFace compatibility but ignored here: "
+            + ", ".join(f"{key} = {value!r}" for key, value in ignored.items()) + hint)
 
 
 def data_path(config: TrainConfig) -> Path:

@@ -5,7 +5,7 @@ collectives are identities. Under ``python -m paddle.distributed.launch`` (gloo 
 the caller must have run ``paddle.distributed.init_parallel_env()`` first.
 
 Only collectives that gloo implements are used (``all_gather``, ``all_reduce``); gloo has no
-``reduce_scatter`` or ``alltoall`` (paddle_porting.md §3).
+``reduce_scatter`` or ``alltoall``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class _AllGatherScaled(PyLayer):
 
 
 def all_gather_with_grad(tensor: paddle.Tensor) -> paddle.Tensor:
-    """Differentiable all-gather [B, ...] -> [W*B, ...] with InsightFace's backward (ref. §3.4).
+    """Differentiable all-gather [B, ...] -> [W*B, ...] with InsightFace's backward.
 
     The gradient of this rank's rows is summed over all ranks and multiplied by W, so that after the
     backbone's DataParallel averaging over W the backbone sees the gradient of the global-batch loss.

@@ -1,4 +1,4 @@
-"""One training iteration as InsightFace's ``train_v2.py`` runs it, in Paddle (reference §6.2, §10).
+"""One training iteration as InsightFace's ``train_v2.py`` runs it, in Paddle.
 
 Per iteration (``global_step`` counts iterations from 1):
 

@@ -3,7 +3,7 @@
 ``CombinedMarginLoss`` takes cosine logits ``[N, K]`` (already clamped to [-1, 1]) and labels ``[N]``
 or ``[N, 1]`` holding a column index, or -1 when the sample's class is not among these K columns
 (another rank's shard, or not sampled), and returns the margined logits times ``s``. The softmax
-cross-entropy is applied afterwards (``train.partial_fc``). Facts: insightface_arcface.md §2.
+cross-entropy is applied afterwards (``train.partial_fc``), as in InsightFace's ``losses.py``.
 
 Margins on the target column of each row with a label, with theta = arccos(cosine):
 
@@ -110,14 +110,14 @@ class CombinedMarginLoss(nn.Layer):
 
 
 class ArcFace(CombinedMarginLoss):
-    """ArcFace: s * cos(theta + m) on the target, straight-through gradient by default (ref. §2.2)."""
+    """ArcFace: s * cos(theta + m) on the target, straight-through gradient by default."""
 
     def __init__(self, s: float = 64.0, m: float = 0.5, **kwargs):
         super().__init__(s=s, m1=1.0, m2=m, m3=0.0, **kwargs)
 
 
 class CosFace(CombinedMarginLoss):
-    """CosFace: s * (cos(theta) - m) on the target (ref. §2.2)."""
+    """CosFace: s * (cos(theta) - m) on the target."""
 
     def __init__(self, s: float = 64.0, m: float = 0.4, **kwargs):
         super().__init__(s=s, m1=1.0, m2=0.0, m3=m, **kwargs)

@@ -1,4 +1,4 @@
-"""InsightFace's ``PolynomialLRWarmup`` as a Paddle learning-rate scheduler (reference §6.1).
+"""InsightFace's ``PolynomialLRWarmup`` as a Paddle learning-rate scheduler.
 
 With ``l`` the scheduler's step counter, ``w`` warmup steps, ``t`` total steps and ``b`` the base lr:
 

@@ -1,14 +1,14 @@
 """Partial FC: the class-centre classifier sharded across ranks, with sampling and a distributed softmax.
 
-Implements insightface_arcface.md §3 with plain Paddle ops (Paddle's ``margin_cross_entropy`` has no CPU
-kernel and ``class_center_sample`` ignores process groups on CPU, paddle_porting.md §3). One process
+InsightFace's ``partial_fc_v2.py`` with plain Paddle ops (Paddle's ``margin_cross_entropy`` has no CPU
+kernel and ``class_center_sample`` ignores process groups on CPU). One process
 needs no distributed initialisation; under ``python -m paddle.distributed.launch`` call
 ``paddle.distributed.init_parallel_env()`` before building the layer.
 
 Per step, on every rank (W ranks, global batch N = W * B):
 
 1. embeddings [B, D] are all-gathered with a differentiable all-gather (backward: this rank's slice summed
-   over ranks, times W, ref. §3.4) and labels are all-gathered; labels become local column indices or -1;
+   over ranks, times W) and labels are all-gathered; labels become local column indices or -1;
 2. with ``sample_rate < 1`` every positive class of this shard is kept and random negatives fill up to
    ``int(sample_rate * num_local)`` rows; the row index is sorted ascending and labels are remapped;
 3. cosines of the L2-normalised embeddings and (sampled) centres, clamped to [-1, 1], go through the margin
@@ -73,7 +73,7 @@ class SampleInfo:
 
 
 class _DistSoftmaxCrossEntropy(PyLayer):
-    """Softmax cross-entropy over columns split across ranks; gradient (P - onehot) / N (ref. §3.3)."""
+    """Softmax cross-entropy over columns split across ranks; gradient (P - onehot) / N."""
 
     @staticmethod
     def forward(ctx, logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
@@ -206,7 +206,7 @@ class PartialFC(nn.Layer):
             raise ValueError(f"PartialFC: every rank needs the same batch size, got {sizes.tolist()}")
 
     def _select_rows(self, labels: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
-        """The centre rows this step uses and the labels as columns in them (ref. §3.2 step 5)."""
+        """The centre rows this step uses and the labels as columns in them."""
         index = None
         if self.sample_rate < 1.0:
             with paddle.no_grad():

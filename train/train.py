@@ -7,8 +7,9 @@
 ``CONFIG`` is a name from train/configs/ (``ms1mv3_r50``, ``tiny_rec``, ...) or a path to a config file;
 ``key=value`` overrides any config key. Every rank writes ``checkpoint_rank<r>.pdckpt`` at each epoch end,
 every ``save_every`` steps and when ``--max-steps`` stops the run; ``--resume`` continues exactly where
-the last checkpoint was taken. Rank 0 writes ``metrics.jsonl``, ``training.log``, ``config.json`` and, at
-each epoch end and at the end, ``model.pdparams`` and ``model.pt`` (InsightFace's PyTorch state_dict).
+the last checkpoint was taken (on another number of processes: after ``python -m train.reshard``). Rank 0
+writes ``metrics.jsonl``, ``training.log``, ``config.json`` and, at each epoch end and at the end,
+``model.pdparams`` and ``model.pt`` (InsightFace's PyTorch state_dict).
 Exit codes: 0 finished or stopped at --max-steps, 1 the loss diverged, 2 a problem with the input.
 """
 
@@ -17,10 +18,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 # Run as a file, sys.path[0] is this folder, whose modules would shadow others even when the project is
 # installed (train/train.py would be imported as `train`); the project root goes there instead, which also
@@ -30,6 +34,15 @@ if __package__ in (None, ""):
 
 from converters.cli import ArgumentParser, positive_int, thread_count  # noqa: E402
 from converters.errors import UserError, run_cli  # noqa: E402
+from train.config import TrainConfig, data_path, dump, ignored_warning, load_config  # noqa: E402
+
+if TYPE_CHECKING:  # Paddle is imported only once setup_device has set the threads
+    import numpy as np
+
+    from train.engine import Trainer
+    from train.monitor import Monitor
+
+log = logging.getLogger("train")  # train.monitor's: set up by setup_logging
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -95,32 +108,119 @@ def main(argv: list[str] | None = None) -> int:
     fresh = _FreshRun()
     try:
         with contextlib.ExitStack() as held:  # the --output lock, released however the run ends
-            return _main(args, held, fresh)
+            return run(args, held, fresh)
     except BaseException:
         fresh.remove()  # after the lock is released, so the folder can go too
         raise
 
 
-def _main(args: argparse.Namespace, held: contextlib.ExitStack, fresh: _FreshRun) -> int:
-    from converters.outputs import (
-        OutputLock,
-        atomic_output,
-        check_outputs,
-        lock_names,
-        output_error,
-        prepare_output_dir,
-        remove_stale_temporaries,
-    )
-    from train.checkpoint import (
-        RESUME_CONFIG_KEYS,
-        check_state_shapes,
-        checkpoint_path,
-        load_checkpoint,
-        optimizer_state,
-        restore_optimizer_state,
-        save_checkpoint,
-    )
-    from train.config import dump, load_config
+@dataclass
+class Job:
+    """What the training loop works with, built by ``run`` before the first step."""
+
+    config: TrainConfig
+    output: Path
+    rank: int
+    world_size: int
+    checkpoint_file: Path  # this rank's
+    trainer: Trainer  # backbone, Partial FC, optimizer, schedule, AMP scaler, global step
+    scores: np.random.Generator  # Partial FC's sampling scores, the same stream on every rank
+    loader: Any  # resumable DataLoader: loader.batch_sampler.set_position(epoch, batch)
+    max_steps: int | None
+
+    def save(self, epoch: int, batch: int) -> None:
+        """This rank's checkpoint, to continue at ``batch`` of ``epoch``."""
+        from train.checkpoint import TrainingCheckpoint
+
+        TrainingCheckpoint.capture(self.trainer, self.scores, epoch, batch).save(self.checkpoint_file)
+
+    def export(self, final: bool) -> None:
+        """Rank 0: model.pdparams and model.pt, at every epoch end (as InsightFace) and when the run stops."""
+        from train.weights import export_backbone
+
+        if self.rank == 0:
+            step = self.trainer.global_step
+            pdparams, pt = export_backbone(self.trainer.backbone, self.output, self.config.network,
+                                           self.config.embedding_size, step)
+            if final:
+                log.info(f"wrote {pdparams} and {pt} (step {step})")
+
+    def check_labels(self, labels) -> None:
+        if int(labels.max()) >= self.config.num_classes or int(labels.min()) < 0:
+            raise UserError(data_path(self.config), f"label {int(labels.max())} outside [0, num_classes = "
+                            f"{self.config.num_classes})")
+
+
+def run(args: argparse.Namespace, held: contextlib.ExitStack, fresh: _FreshRun) -> int:
+    """Check the inputs, build, resume, then train: the order InsightFace's ``train_v2.py`` follows."""
+    config, output, world_size = check_inputs(args)
+    setup_device(args.device, world_size, args.threads)
+    from train.engine import TrainingDiverged
+    from train.monitor import Monitor, setup_logging
+
+    rank = init_distributed(world_size)
+    checkpoint_file = claim_output(output, rank, args.resume, held, fresh)
+    setup_logging(output, rank)
+    amp = use_amp(config, args.device)
+    note = ignored_warning(config)
+    if note:
+        log.warning(note)
+    loader = make_loader(config, rank, world_size)
+    trainer, scores = build(config, args.init, world_size, amp)
+    epoch, batch = resume(trainer, scores, checkpoint_file, world_size) if args.resume else (0, 0)
+    if rank == 0:
+        record_start(config, output, world_size, trainer.global_step)
+    job = Job(config, output, rank, world_size, checkpoint_file, trainer, scores, loader, args.max_steps)
+    monitor = Monitor(output, rank, config.frequent, config.total_batch(world_size),
+                      config.total_step(world_size), trainer.global_step, args.max_steps)
+    try:
+        return train(job, epoch, batch, monitor, verification(config, trainer.backbone, monitor, rank))
+    except TrainingDiverged as err:
+        kept = f"the last good checkpoint is {checkpoint_file}" if checkpoint_file.exists() \
+            else "no checkpoint was written"
+        print(f"error: {output}: {err}; training stopped, {kept}", file=sys.stderr)
+        return 1
+    finally:
+        monitor.close()
+
+
+def train(job: Job, start_epoch: int, start_batch: int, monitor: Monitor, verify) -> int:
+    """The loop: per step the iteration, then logging, verification and checkpointing; at each epoch end a
+    checkpoint and model.pdparams / model.pt. Stops after ``--max-steps`` (resumable)."""
+    config, trainer = job.config, job.trainer
+    if job.max_steps is not None and trainer.global_step >= job.max_steps:
+        log.info(f"already at step {trainer.global_step} >= --max-steps {job.max_steps}")
+        job.export(final=True)
+        return 0
+    for epoch in range(start_epoch, config.num_epoch):
+        first = start_batch if epoch == start_epoch else 0
+        job.loader.batch_sampler.set_position(epoch, first)
+        for batch, (images, labels) in enumerate(job.loader, start=first + 1):  # batch: done in this epoch
+            job.check_labels(labels)
+            started = time.perf_counter()
+            result = trainer.train_step(images, labels)
+            monitor.step(result, epoch, time.perf_counter() - started, trainer.optimizer.get_lr())
+            if verify is not None and result.step % config.verbose == 0:
+                verify(result.step)
+            stop = job.max_steps is not None and result.step >= job.max_steps
+            if stop or (config.save_every and result.step % config.save_every == 0):
+                at_end = batch == len(job.loader.batch_sampler)
+                job.save(epoch + 1 if at_end else epoch, 0 if at_end else batch)
+            if stop:
+                log.info(f"stopped at --max-steps {job.max_steps}; resume with --resume")
+                job.export(final=True)
+                return 0
+        job.save(epoch + 1, 0)
+        job.export(final=epoch + 1 == config.num_epoch)
+    log.info(f"finished: {trainer.global_step} steps")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ the steps of run
+def check_inputs(args: argparse.Namespace) -> tuple[TrainConfig, Path, int]:
+    """The config, the output folder and the world size; every problem found before any work starts."""
+    from converters.outputs import check_outputs, prepare_output_dir
+    from train.checkpoint import checkpoint_path
 
     overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
     config = load_config(args.config, overrides)
@@ -129,49 +229,59 @@ def _main(args: argparse.Namespace, held: contextlib.ExitStack, fresh: _FreshRun
     if args.init and args.resume:
         raise UserError(args.init, "--init and --resume together: a resumed run restores its own weights")
     world_size = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
-    output = prepare_output_dir(config.output)  # before any work: a file, read-only, a name too long...
+    output = prepare_output_dir(config.output)  # a file, read-only, a name too long...
     written = [output / name for name in OUTPUT_FILES] + [checkpoint_path(output, r) for r in range(world_size)]
     check_outputs({"--init": args.init}, {"--output": written}, prepare=False)
-    setup_device(args.device, world_size, args.threads)
+    return config, output, world_size
 
-    import numpy as np
-    import paddle
+
+def init_distributed(world_size: int) -> int:
+    """This process's rank (the process group is initialised when there are several)."""
     import paddle.distributed as dist
 
-    from paddle_models import get_model
-    from train.data.datasets import SyntheticDataset
-    from train.data.loader import make_dataset
-    from train.data.resumable import resumable_loader
-    from train.engine import Trainer, TrainingDiverged
-    from train.monitor import Monitor, log, setup_logging
-    from train.weights import backbone_arrays, export_backbone, init_backbone
+    if world_size == 1:
+        return 0
+    dist.init_parallel_env()
+    return dist.get_rank()
 
-    if world_size > 1:
-        dist.init_parallel_env()
-    rank = dist.get_rank() if world_size > 1 else 0
+
+def claim_output(output: Path, rank: int, resume: bool, held: contextlib.ExitStack, fresh: _FreshRun) -> Path:
+    """Create and lock ``output`` (one run per folder, each rank its own lock file); returns this rank's
+    checkpoint file, which a new run must not find."""
+    from converters.outputs import OutputLock, lock_names, output_error, remove_stale_temporaries
+    from train.checkpoint import checkpoint_path
+
     made_folder = not output.exists()
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise output_error(output, err) from None
-    # one run per folder: taken before anything is written into it (each rank locks its own file)
-    held.enter_context(OutputLock(output, lock_names(rank)))
+    held.enter_context(OutputLock(output, lock_names(rank)))  # before anything is written into the folder
     remove_stale_temporaries(output)  # half-written files of a killed run
-    ckpt_file = checkpoint_path(output, rank)
-    if ckpt_file.exists() and not args.resume:
+    checkpoint_file = checkpoint_path(output, rank)
+    if checkpoint_file.exists() and not resume:
         raise UserError(output, "already holds a training checkpoint: use --resume to continue it, or "
                         "another --output")
-    if not args.resume and rank == 0:
-        fresh.record(output, made_folder, ckpt_file)
-    setup_logging(output, rank)
-    amp = config.fp16 and args.device == "gpu"
+    if not resume and rank == 0:
+        fresh.record(output, made_folder, checkpoint_file)
+    return checkpoint_file
+
+
+def use_amp(config: TrainConfig, device: str) -> bool:
+    """fp16 = True trains with AMP on a GPU; on CPU (no float16 kernels) the run says so and uses float32."""
+    amp = config.fp16 and device == "gpu"
     if config.fp16 and not amp:
         log.warning("fp16 = True: AMP needs a GPU (Paddle has no float16 CPU kernels); training in float32")
     if amp and config.pfc_update == "sparse":
         raise UserError(None, "fp16 with pfc_update = 'sparse' is not supported; use pfc_update = 'dense'")
+    return amp
 
-    # data
-    from train.config import data_path
+
+def make_loader(config: TrainConfig, rank: int, world_size: int):
+    """This rank's resumable DataLoader over ``rec`` (checked against num_image and the batch size)."""
+    from train.data.datasets import SyntheticDataset
+    from train.data.loader import make_dataset
+    from train.data.resumable import resumable_loader
 
     dataset = SyntheticDataset(config.num_image, seed=config.seed) if config.rec == "synthetic" \
         else make_dataset(data_path(config))
@@ -179,113 +289,60 @@ def _main(args: argparse.Namespace, held: contextlib.ExitStack, fresh: _FreshRun
         raise UserError(data_path(config), f"holds {len(dataset)} images but the config says "
                         f"num_image = {config.num_image}")
     loader = resumable_loader(dataset, config.batch_size, rank, world_size, config.seed, config.num_workers)
-    steps_per_epoch = config.steps_per_epoch(world_size)
-    if steps_per_epoch == 0 or len(loader.batch_sampler) == 0:
+    if config.steps_per_epoch(world_size) == 0 or len(loader.batch_sampler) == 0:
         raise UserError(None, f"batch_size {config.batch_size} x {world_size} processes exceeds the "
                         f"{len(dataset)} images: no complete batch")
-    total_steps, warmup_steps = config.total_step(world_size), config.warmup_step(world_size)
+    return loader
 
-    # model, classifier, optimizer (identical initial weights on every rank: same seed)
+
+def build(config: TrainConfig, init: Path | None, world_size: int,
+          amp: bool) -> tuple[Trainer, np.random.Generator]:
+    """Backbone (from ``--init`` weights if given), Partial FC, optimizer and schedule, with identical
+    initial weights on every rank (same seed), and the Partial FC sampling generator."""
+    import numpy as np
+    import paddle
+
+    from paddle_models import get_model
+    from train.engine import Trainer
+    from train.weights import init_backbone
+
     paddle.seed(config.seed)
     backbone = get_model(config.network, dropout=config.dropout, fp16=config.fp16,
                          num_features=config.embedding_size)
-    if args.init:
-        init_backbone(backbone, args.init, config.network, config.embedding_size)
-    scores = np.random.default_rng(config.seed)  # Partial FC's sampling scores, the same on every rank
-    trainer = Trainer(config, backbone, total_steps, warmup_steps, score_source=scores.random, amp=amp)
-    named = {**{f"backbone/{k}": p for k, p in backbone.named_parameters()},
-             **{f"pfc/{k}": p for k, p in trainer.pfc.named_parameters()}}
+    if init:
+        init_backbone(backbone, init, config.network, config.embedding_size)
+    scores = np.random.default_rng(config.seed)
+    trainer = Trainer(config, backbone, config.total_step(world_size), config.warmup_step(world_size),
+                      score_source=scores.random, amp=amp)
+    return trainer, scores
 
-    start_epoch, start_batch = 0, 0
-    if args.resume:
-        state = load_checkpoint(ckpt_file)
-        if state["world_size"] != world_size:
-            raise UserError(ckpt_file, f"written by {state['world_size']} processes, resumed with {world_size}; "
-                            "re-shard the Partial FC (train.partial_fc.reshard) or use the same world size")
-        for key in RESUME_CONFIG_KEYS:
-            if state["config"][key] != getattr(config, key):
-                raise UserError(ckpt_file, f"{key} = {state['config'][key]!r} in the checkpoint, "
-                                f"{getattr(config, key)!r} now")
-        from converters.checkpoint import PaddleWeights
-        from converters.models import load_paddle_weights
-        check_state_shapes(ckpt_file, "backbone", state["backbone"], backbone)
-        check_state_shapes(ckpt_file, "pfc", state["pfc"], trainer.pfc)
-        load_paddle_weights(backbone, PaddleWeights(state["backbone"]))
-        trainer.pfc.set_state_dict(state["pfc"])
-        restore_optimizer_state(trainer.optimizer, named, state["optimizer"], ckpt_file)  # and the schedule
-        scores.bit_generator.state = state["rng"]["pfc_scores"]
-        if trainer.scaler is not None and state.get("scaler"):
-            trainer.scaler.load_state_dict(state["scaler"])
-        trainer.global_step = state["step"]
-        start_epoch, start_batch = state["epoch"], state["batch"]
-        log.info(f"resumed from {ckpt_file} at step {trainer.global_step} (epoch {start_epoch}, batch {start_batch})")
-        _truncate_metrics(output / "metrics.jsonl", trainer.global_step)
-    elif rank == 0:
-        _truncate_metrics(output / "metrics.jsonl", 0)  # a new run: no steps of an earlier, unsaved one
-    if rank == 0:
-        with atomic_output(output / "config.json") as tmp:
-            tmp.write_text(dump(config) + "\n")
-        for key, value in config.to_dict().items():
-            log.info(": " + key.ljust(25) + str(value))
-        log.info(f": {'world_size'.ljust(25)}{world_size}")
-        log.info(f": {'total_step'.ljust(25)}{total_steps}")
 
-    def save(epoch: int, batch: int) -> None:
-        save_checkpoint(ckpt_file, {
-            "step": trainer.global_step, "epoch": epoch, "batch": batch, "world_size": world_size,
-            "config": config.to_dict(), "backbone": backbone_arrays(backbone), "pfc": trainer.pfc.state_dict(),
-            "optimizer": optimizer_state(trainer.optimizer, named),
-            "rng": {"pfc_scores": scores.bit_generator.state},
-            "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None})
+def resume(trainer: Trainer, scores: np.random.Generator, checkpoint_file: Path,
+           world_size: int) -> tuple[int, int]:
+    """Restore this rank's checkpoint into ``trainer`` and ``scores``; returns where to continue:
+    (epoch, batch)."""
+    from train.checkpoint import TrainingCheckpoint
 
-    def export(final: bool) -> None:
-        """model.pdparams and model.pt: at every epoch end (as InsightFace) and when the run stops."""
-        if rank == 0:
-            iterations = trainer.global_step
-            pdparams, pt = export_backbone(backbone, output, config.network, config.embedding_size, iterations)
-            if final:
-                log.info(f"wrote {pdparams} and {pt} (step {iterations})")
+    checkpoint = TrainingCheckpoint.load(checkpoint_file)
+    checkpoint.check_resumable(trainer.config, world_size, checkpoint_file)
+    checkpoint.restore(trainer, scores, checkpoint_file)
+    log.info(f"resumed from {checkpoint_file} at step {checkpoint.step} (epoch {checkpoint.epoch}, "
+             f"batch {checkpoint.batch})")
+    return checkpoint.epoch, checkpoint.batch
 
-    monitor = Monitor(output, rank, config.frequent, config.total_batch(world_size), total_steps,
-                      trainer.global_step, args.max_steps)
-    verify = _verification(config, backbone, monitor, rank)
-    try:
-        if args.max_steps is not None and trainer.global_step >= args.max_steps:
-            log.info(f"already at step {trainer.global_step} >= --max-steps {args.max_steps}")
-            export(final=True)
-            return 0
-        for epoch in range(start_epoch, config.num_epoch):
-            loader.batch_sampler.set_position(epoch, start_batch if epoch == start_epoch else 0)
-            batch = start_batch if epoch == start_epoch else 0
-            for images, labels in loader:
-                if int(labels.max()) >= config.num_classes or int(labels.min()) < 0:
-                    raise UserError(data_path(config), f"label {int(labels.max())} outside [0, num_classes = "
-                                    f"{config.num_classes})")
-                started = time.perf_counter()
-                try:
-                    result = trainer.train_step(images, labels)
-                except TrainingDiverged as err:
-                    kept = f"the last good checkpoint is {ckpt_file}" if ckpt_file.exists() else "no checkpoint was written"
-                    print(f"error: {output}: {err}; training stopped, {kept}", file=sys.stderr)
-                    return 1
-                batch += 1
-                monitor.step(result, epoch, time.perf_counter() - started, trainer.optimizer.get_lr())
-                if verify is not None and result.step % config.verbose == 0:
-                    verify(result.step)
-                stop = args.max_steps is not None and result.step >= args.max_steps
-                if stop or (config.save_every and result.step % config.save_every == 0):
-                    at_end = batch == len(loader.batch_sampler)
-                    save(epoch + 1 if at_end else epoch, 0 if at_end else batch)
-                if stop:
-                    log.info(f"stopped at --max-steps {args.max_steps}; resume with --resume")
-                    export(final=True)
-                    return 0
-            save(epoch + 1, 0)
-            export(final=epoch + 1 == config.num_epoch)
-        log.info(f"finished: {trainer.global_step} steps")
-        return 0
-    finally:
-        monitor.close()
+
+def record_start(config: TrainConfig, output: Path, world_size: int, step: int) -> None:
+    """Rank 0: drop metrics of steps after ``step`` (a killed run may have logged them; a new run starts at
+    0), write config.json and log the config as InsightFace does."""
+    from converters.outputs import atomic_output
+
+    _truncate_metrics(output / "metrics.jsonl", step)
+    with atomic_output(output / "config.json") as tmp:
+        tmp.write_text(dump(config) + "\n")
+    for key, value in config.to_dict().items():
+        log.info(": " + key.ljust(25) + str(value))
+    log.info(f": {'world_size'.ljust(25)}{world_size}")
+    log.info(f": {'total_step'.ljust(25)}{config.total_step(world_size)}")
 
 
 OUTPUT_FILES = ("model.pdparams", "model.pt", "config.json", "metrics.jsonl", "training.log")
@@ -308,7 +365,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
             tmp.write_text("".join(ln + "\n" for ln in lines))
 
 
-def _verification(config, backbone, monitor, rank):
+def verification(config: TrainConfig, backbone, monitor: Monitor, rank: int):
     """The InsightFace verification callback on ``val_targets`` beside the data, or None."""
     if rank != 0 or not config.val_targets:
         return None

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from converters.errors import UserError
 from tests.fuzz._harness import mutated, profile, read_or_user_error, seeded_or_random, target
 from train.data.layout import read_layout, read_property, write_pack
+from train.data.pack_check import verify_pack
 from train.data.recordio import (
     CorruptRecord,
     IRHeader,
@@ -29,7 +30,6 @@ from train.data.recordio import (
     parse_parts,
     read_idx,
 )
-from train.data.verify import verify_pack
 
 RECORD_SEEDS = [encode_record(3.0, b"payload"), encode_record([1.0, 5.0], b""), encode_record([2.0], b"\xce\xd7\x23\x0a" * 3),
                 encode_record(0.0, b"\0" * 40, 7, 9)]

@@ -9,7 +9,7 @@ from paddle.io import Sampler
 
 
 class DistributedSampler(Sampler):
-    """Indices of rank ``rank`` out of ``num_replicas`` for one epoch (InsightFace §4.1).
+    """Indices of rank ``rank`` out of ``num_replicas`` for one epoch (InsightFace's scheme).
 
     Each epoch the permutation of ``range(length)`` comes from numpy's ``default_rng(seed + epoch)``; it is
     padded by repeating it from the start up to ``ceil(length / num_replicas) * num_replicas`` and rank

@@ -31,8 +31,8 @@ from converters.images import ImageRefused, decode_bgr
 
 from .folders import list_images, read_image_file
 from .layout import atomic_directory, read_layout, write_pack
+from .pack_check import verify_pack
 from .recordio import RecordReader, RecordWriter, class_label, encode_record, require_class_id
-from .verify import verify_pack
 
 IMAGE_TYPES = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"), (b"BM", ".bmp"))
 

@@ -5,10 +5,21 @@ from __future__ import annotations
 import pytest
 
 from converters.errors import UserError
-from train.config import CONFIG_DIR, load_config, parse_overrides, read_config_file
+from train.config import (
+    CONFIG_DIR,
+    IGNORED_KEYS,
+    TrainConfig,
+    ignored_warning,
+    load_config,
+    parse_overrides,
+    read_config_file,
+)
 
+VIT_JOBS = ["wf42m_pfc03_40epoch_8gpu_vit_t", "wf42m_pfc03_40epoch_8gpu_vit_b",
+            "wf42m_pfc03_40epoch_64gpu_vit_s", "wf42m_pfc03_40epoch_64gpu_vit_l", "wf42m_pfc02_vit_h"]
 JOBS = ["ms1mv3_r50", "ms1mv3_r50_onegpu", "ms1mv3_r100", "ms1mv2_r50", "ms1mv3_mbf", "glint360k_r100",
-        "wf42m_pfc02_r100"]
+        "wf42m_pfc02_r100", *VIT_JOBS]
+CPU_CONFIGS = ["tiny_rec", "tiny_synthetic", "tiny_vit"]
 
 
 @pytest.mark.parametrize("name", JOBS)
@@ -23,7 +34,7 @@ def test_insightface_values_and_schedule_constants(tmp_path):
     config = load_config("ms1mv3_r50", [f"rec={tmp_path}"])
     assert (config.lr, config.weight_decay, config.num_classes, config.num_image) == (0.1, 5e-4, 93431, 5179510)
     assert config.margin_list == (1.0, 0.5, 0.0) and config.fp16 is True
-    # 8 GPUs x 128 (reference §6.2): 1024, 0 and 101,160; one GPU: 40,464 steps per epoch
+    # 8 GPUs x 128: 1024, 0 and 101,160; one GPU: 40,464 steps per epoch
     assert config.total_batch(8) == 1024 and config.warmup_step(8) == 0 and config.total_step(8) == 101160
     assert config.steps_per_epoch(1) == 40464
     assert load_config("ms1mv3_r50_onegpu", [f"rec={tmp_path}"]).lr == 0.02
@@ -37,6 +48,63 @@ def test_insightface_values_and_schedule_constants(tmp_path):
 def test_cpu_configs_resolve_their_data(small_dataset_rec):
     assert load_config("tiny_rec").num_classes == 10
     assert load_config("tiny_synthetic").rec == "synthetic"
+    assert load_config("tiny_vit").network == "vit_t_dp005_mask0"
+
+
+def test_every_config_file_is_listed_here_and_loads_and_validates(tmp_path, small_dataset_rec):
+    assert sorted(p.stem for p in CONFIG_DIR.glob("*.py")) == sorted(JOBS + CPU_CONFIGS)
+    for name in JOBS:  # their data lives on a training machine; any folder passes the path check
+        assert load_config(name, [f"rec={tmp_path}"]).output == f"work_dirs/{name}"
+    for name in CPU_CONFIGS:
+        assert load_config(name).num_image in (10, 64)
+
+
+def test_insightface_vit_jobs(tmp_path):
+    """The WebFace42M ViT jobs of arcface_torch/configs: CosFace, AdamW lr 0.001 decay 0.1, fp16."""
+    jobs = {name: load_config(name, [f"rec={tmp_path}"]) for name in VIT_JOBS}
+    for config in jobs.values():
+        assert config.margin_list == (1.0, 0.0, 0.4) and config.embedding_size == 512
+        assert (config.optimizer, config.lr, config.weight_decay, config.fp16) == ("adamw", 0.001, 0.1, True)
+        assert (config.num_classes, config.num_image, config.val_targets) == (2059906, 42474557, ())
+        assert (config.verbose, config.dali) == (2000, False)
+    rows = {name: (c.network, c.sample_rate, c.batch_size, c.gradient_acc, c.num_epoch, c.warmup_epoch)
+            for name, c in jobs.items()}
+    assert rows == {
+        "wf42m_pfc03_40epoch_8gpu_vit_t": ("vit_t_dp005_mask0", 0.3, 512, 1, 40, 4),
+        "wf42m_pfc03_40epoch_8gpu_vit_b": ("vit_b_dp005_mask_005", 0.3, 256, 12, 40, 4),
+        "wf42m_pfc03_40epoch_64gpu_vit_s": ("vit_s_dp005_mask_0", 0.3, 384, 1, 40, 4),
+        "wf42m_pfc03_40epoch_64gpu_vit_l": ("vit_l_dp005_mask_005", 0.3, 384, 1, 40, 4),
+        "wf42m_pfc02_vit_h": ("vit_h", 0.5, 768, 1, 16, 2),
+    }
+    # 8 GPUs x 512 = 4096 images per step: 10,369 steps per epoch, 41,476 of warmup, 414,760 in all
+    vit_t = jobs["wf42m_pfc03_40epoch_8gpu_vit_t"]
+    assert (vit_t.steps_per_epoch(8), vit_t.warmup_step(8), vit_t.total_step(8)) == (10369, 41476, 414760)
+    assert ignored_warning(jobs["wf42m_pfc02_vit_h"]) == (
+        "config keys accepted for InsightFace compatibility but ignored here: dali_aug = True")
+
+
+def test_defaults_are_written_once_in_the_dataclass(tmp_path):
+    """No base.py: a job file sets only what differs from TrainConfig's defaults (InsightFace's base.py)."""
+    assert not (CONFIG_DIR / "base.py").exists()
+    path = tmp_path / "job.py"
+    path.write_text("rec = 'synthetic'\nnum_classes = 10\nnum_image = 10\n")
+    expected = TrainConfig(rec="synthetic", num_classes=10, num_image=10, output="work_dirs/job")
+    assert load_config(str(path)) == expected
+    assert (expected.lr, expected.weight_decay, expected.batch_size, expected.seed, expected.num_epoch) == (
+        0.1, 5e-4, 128, 2048, 20)
+
+
+def test_setting_ignored_insightface_keys_draws_one_warning_line():
+    assert sorted(IGNORED_KEYS) == ["dali_aug", "momentum", "resume", "save_all_states", "save_artifacts",
+                                    "suffix_run_name", "using_wandb", "wandb_entity", "wandb_key",
+                                    "wandb_log_all", "wandb_project", "wandb_resume"]
+    assert ignored_warning(load_config("tiny_synthetic")) is None
+    defaults = load_config("tiny_synthetic", ["momentum=0.9", "save_all_states=True"])
+    assert ignored_warning(defaults) is None
+    line = ignored_warning(load_config("tiny_synthetic", ["using_wandb=True", "momentum=0.5", "resume=True",
+                                                          "wandb_project=faces"]))
+    assert line == ("config keys accepted for InsightFace compatibility but ignored here: momentum = 0.5, "
+                    "resume = True, using_wandb = True, wandb_project = 'faces'; --resume continues a run")
 
 
 def test_overrides_are_typed():
@@ -51,7 +119,7 @@ def test_overrides_are_typed():
     ("import os\nlr = os.getcwd()\n", "line 2: lr: value must be a literal"),
     ("lr = (\n", "line 1:"),
     ("optimizer = 'adam'\nrec = 'synthetic'\n", "optimizer must be one of sgd, adamw, got 'adam'"),
-    ("network = 'r2060'\nrec = 'synthetic'\n", "network must be one of"),
+    ("network = 'r2061'\nrec = 'synthetic'\n", "network must be one of"),
     ("dali = True\nrec = 'synthetic'\n", "NVIDIA DALI is not available"),
     ("rec = 'synthetic'\nnum_classes = 0\n", "num_classes must be positive"),
 ])

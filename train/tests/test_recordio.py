@@ -25,7 +25,7 @@ from train.data.recordio import (
 
 
 def oracle_read(rec: Path) -> list[tuple[int, bytes, list[int]]]:
-    """Independent reader from reference §4.6: (offset, logical bytes, part cflags) of every record."""
+    """Independent reader of the dmlc RecordIO format: (offset, logical bytes, part cflags) of each record."""
     blob = rec.read_bytes()
     out, pos = [], 0
     while pos < len(blob):

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from train.data.layout import read_layout
+from train.data.pack_check import verify_pack
 from train.data.recordio import RecordIOError, RecordReader, RecordWriter, encode_record
 from train.data.tools import dump_lines, main, pack_folder, shuffle_pack, unpack_pack
-from train.data.verify import verify_pack
 
 ROOT = Path(__file__).resolve().parents[2]
 

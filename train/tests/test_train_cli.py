@@ -351,3 +351,35 @@ def test_output_folder_problems_and_init_inside_it_are_one_line_before_the_work(
     assert (out / "model.pdparams").read_bytes() == b"earlier weights"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "o"] and afile.read_text() == "x"
     assert [p.name for p in out.iterdir()] == ["model.pdparams"]
+
+
+def test_tiny_vit_trains_through_the_cli_and_its_weights_load_in_both_frameworks(tmp_path, small_dataset_rec):
+    import paddle
+    import torch
+
+    import torch_reference
+    from converters.models import load_paddle_weights
+    from paddle_models import get_model
+
+    out = tmp_path / "vit"
+    proc = train("tiny_vit", "using_wandb=True", "momentum=0.5", "--output", out, "--max-steps", 3)
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["lr"] for r in rows] == [0.001, 0.0005, 0.001]  # AdamW, one warmup epoch of two steps
+    assert all(np.isfinite(r["loss"]) and 0.0 < r["loss"] < 69.08 for r in rows), rows  # 69.08 = -log(1e-30)
+    ignored = [line for line in proc.stdout.splitlines() if "ignored here" in line]
+    assert len(ignored) == 1 and ignored[0].endswith("-config keys accepted for InsightFace compatibility but "
+                                                     "ignored here: momentum = 0.5, using_wandb = True")
+
+    network = "vit_t_dp005_mask0"
+    paddle_model = get_model(network, num_features=512)
+    load_paddle_weights(paddle_model, read_paddle_weights(out / "model.pdparams"))  # strict
+    torch_model = torch_reference.get_model(network, num_features=512)
+    torch_model.load_state_dict(torch.load(out / "model.pt", weights_only=True), strict=True)
+    paddle_model.eval()
+    torch_model.eval()
+    image = np.random.default_rng(0).uniform(-1, 1, (2, 3, 112, 112)).astype(np.float32)
+    ours = paddle_model(paddle.to_tensor(image)).numpy()
+    with torch.no_grad():
+        theirs = torch_model(torch.from_numpy(image)).numpy()
+    assert ours.shape == (2, 512) and np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()

@@ -5,6 +5,7 @@ padding, truncation, IRHeader and label sizes); then the ``.idx`` is checked aga
 (malformed lines, duplicate keys, offsets past the end or not at a record start, unindexed records), then
 InsightFace's layout (meta header range against the keys, identity records against the image labels,
 integer class labels, ``property``), and with ``decode`` every image is decoded with OpenCV.
+``python -m train.data.recordio verify DIR [--decode]`` runs it.
 """
 
 from __future__ import annotations
