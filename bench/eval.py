@@ -58,7 +58,8 @@ def backend_rows(arch: str, weights: Path, threads: int, batches: int, cache: Pa
     import numpy as np
 
     from converters.inputs import seeded_images
-    from eval.embed import BACKENDS, load_weights, make_embedder
+    from eval.backends import BACKENDS, make_embedder
+    from eval.sources import load_weights
 
     rows = []
     for backend, batch in [*((b, 32) for b in BACKENDS), ("paddle-inference", 16), ("paddle-inference", 64)]:

@@ -52,14 +52,15 @@ def _embedding_size(shapes: Mapping[str, Sequence[int]], name: str) -> int | Non
     return int(shape[0])
 
 
-def _first_difference(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> str:
+def _first_difference(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]],
+                      name: str) -> str:
     for key, shape in expected.items():
         if key not in shapes:
-            return f"it has no {key}"
+            return f"missing key {key}"
         if shapes[key] != shape:
-            return f"{key} is {list(shapes[key])}, not {list(shape)}"
+            return f"{key}: shape {list(shapes[key])} but {name} expects {list(shape)}"
     extra = next(k for k in shapes if k not in expected)
-    return f"{extra} is not part of it"
+    return f"unexpected key {extra}"
 
 
 def detect_arch(shapes: Mapping[str, Sequence[int]], path: str | Path, layout: Layout = "torch") -> ArchInfo:
@@ -83,11 +84,11 @@ def detect_arch(shapes: Mapping[str, Sequence[int]], path: str | Path, layout: L
         return ArchInfo(name, nf, tuple(n for n, _ in matches))
     if nearest is None:
         head = ", ".join(list(found)[:4]) + (", ..." if len(found) > 4 else "")
-        raise UserError(path, f"not the state_dict of a registered architecture ({', '.join(architectures.names())}); "
-                        f"keys: {head or 'none'}")
+        raise UserError(path, f"not an InsightFace state_dict of a registered architecture "
+                        f"({', '.join(architectures.names())}); keys: {head or 'none'}")
     _, name, nf = nearest
-    difference = _first_difference(found, expected_shapes(name, nf, layout))
-    raise UserError(path, f"matches no registered architecture; nearest is {name} ({describe(name)}), but "
+    difference = _first_difference(found, expected_shapes(name, nf, layout), name)
+    raise UserError(path, f"matches no registered architecture; nearest is {name} ({describe(name)}): "
                     f"{difference}")
 
 

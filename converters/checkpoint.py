@@ -1,5 +1,8 @@
 """Reading and writing weight files safely: PyTorch ``.pth``/``.pt`` and Paddle ``.pdparams``.
 
+These are the two formats' codecs; an entry point that takes a user's weights file reads it through
+``converters.weights.read_weights``, which picks the format and recognises the architecture.
+
 Everything read from a user goes through ``torch.load(weights_only=True)`` or the restricted unpickler,
 never ``pickle.load`` / ``paddle.load`` defaults. Everything written is written to a temporary file in
 the destination folder and renamed into place, so a failed run leaves no partial file behind.

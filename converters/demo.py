@@ -5,6 +5,9 @@ r50 embedding up to ~1e23 and overflow deeper nets, which makes float32 parity m
 BatchNorm/PReLU affine parameters are randomised (so that a mapping that swaps or drops them is caught)
 and the running statistics are calibrated by train-mode passes over seeded inputs, after which
 embeddings have norms near sqrt(512) ~ 23, as trained models do. It is not a face model.
+
+Calibration costs a forward pass per image: models above 200 M weights get one batch of 8 images instead
+of three (r2060 takes about 30 s of CPU per image on 2 cores).
 """
 
 from __future__ import annotations
@@ -13,17 +16,25 @@ from collections import OrderedDict
 
 import numpy as np
 
+from architectures import parameter_count
+
 from .inputs import seeded_images
 
+LARGE_MODEL_PARAMETERS = 200_000_000
 
-def demo_state_dict(arch: str, seed: int = 0, num_features: int = 512, batches: int = 3,
+
+def demo_state_dict(arch: str, seed: int = 0, num_features: int = 512, batches: int | None = None,
                     batch_size: int = 8) -> OrderedDict[str, np.ndarray]:
-    """InsightFace-layout state_dict of a calibrated random ``arch`` as numpy arrays."""
+    """InsightFace-layout state_dict of a calibrated random ``arch`` as numpy arrays.
+
+    ``batches`` of calibration: by default 3, or 1 above ``LARGE_MODEL_PARAMETERS`` weights."""
     import torch
     from torch import nn
 
     from torch_reference import get_model
 
+    if batches is None:
+        batches = 1 if parameter_count(arch, num_features) > LARGE_MODEL_PARAMETERS else 3
     torch.manual_seed(seed)
     model = get_model(arch, num_features=num_features)
     rng = np.random.default_rng(seed)
@@ -44,4 +55,5 @@ def demo_state_dict(arch: str, seed: int = 0, num_features: int = 512, batches: 
         for m in norms:
             m.momentum = 0.1
     model.eval()
-    return OrderedDict((k, v.detach().numpy().copy()) for k, v in model.state_dict().items())
+    # the arrays share the (detached) tensors' memory, which outlives the model: no second copy
+    return OrderedDict((k, v.detach().numpy()) for k, v in model.state_dict().items())

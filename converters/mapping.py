@@ -172,14 +172,6 @@ def paddle_to_torch(weights: PaddleWeights, arch: str, num_features: int,
     return out
 
 
-def paddle_key_of(torch_key: str, arch: str, num_features: int = 512) -> str | None:
-    """The Paddle name of an InsightFace state_dict key (None for ``num_batches_tracked``)."""
-    for e in layout(arch, num_features):
-        if e.torch_key == torch_key:
-            return e.paddle_key
-    raise KeyError(torch_key)
-
-
 def trainable_pairs(arch: str, num_features: int = 512) -> list[tuple[str, str, Callable[[np.ndarray], np.ndarray]]]:
     """(torch name, Paddle name, Paddle-to-torch layout) of every trainable backbone parameter: each
     weight and bias (PReLU slopes included) and a ViT's ``pos_embed`` and ``mask_token``, but no BatchNorm

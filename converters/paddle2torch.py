@@ -32,7 +32,7 @@ class CheckFailed(Exception):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from converters.verify import add_verify_arguments
+    from converters.conversion_check import add_verify_arguments
 
     parser = ArgumentParser(prog="paddle2torch.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,9 +58,18 @@ def compare_exact(converted, original) -> list[str]:
             problems.append(f"{key}: missing")
         elif other.dtype != arr.dtype or other.shape != arr.shape:
             problems.append(f"{key}: {other.dtype}{list(other.shape)} vs {arr.dtype}{list(arr.shape)}")
-        elif other.tobytes() != arr.tobytes():
+        elif not same_bytes(other, arr):
             problems.append(f"{key}: values differ")
     return problems
+
+
+def same_bytes(a, b, chunk: int = 1 << 24) -> bool:
+    """Whether two arrays of one dtype and shape hold the same bytes, compared a chunk at a time (a ViT-H
+    ``feature.0.weight`` is 604 MB: no copies of it)."""
+    import numpy as np
+
+    x, y = (np.ascontiguousarray(v).reshape(-1).view(np.uint8) for v in (a, b))
+    return all(np.array_equal(x[i:i + chunk], y[i:i + chunk]) for i in range(0, x.size, chunk))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         sha256_file,
         write_torch_state_dict,
     )
+    from converters.conversion_check import log, run_parity, write_report
     from converters.mapping import paddle_to_torch
     from converters.models import torch_model
     from converters.outputs import atomic_output, check_outputs
-    from converters.verify import log, run_parity, write_report
 
     check_outputs({"--src": args.src, "--check-against": args.check_against,
                    "--input": None if args.input == "random" else Path(args.input)},
@@ -90,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     arrays = paddle_to_torch(weights, info.name, info.num_features, args.src)
     tracked = "from the file's metadata" if weights.meta.get("num_batches_tracked") else "set to 0 (not in the file)"
     log(f"{args.src}: {info.name}, {info.description}; num_batches_tracked {tracked}")
-    torch_model(info.name, arrays, info.num_features)  # strict load into the InsightFace layout
+    torch_model(info.name, arrays, info.num_features, share=True)  # strict load into the InsightFace layout
+    count = len(arrays)
+    # memory-mapped: its pages are read only when compared
     original = read_torch_checkpoint(args.check_against).arrays if args.check_against else None
 
     report = None
@@ -98,17 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with atomic_output(args.out) as tmp:
             write_torch_state_dict(tmp, arrays, atomic=False)
+            del arrays  # views of weights' arrays, which verification hands over to the Paddle model
             written = read_torch_checkpoint(tmp).arrays  # check what was written, as a user would read it
+            # verification first: it empties weights into the Paddle model, which is gone before the two
+            # files are compared, so that the weights are never held three times
+            if args.verify:
+                report = run_parity(info.name, info.num_features, written, weights, args)
+                if not report.passed:
+                    raise CheckFailed
+            weights = None
             if original is not None:
                 problems = compare_exact(written, original)
                 if problems:
                     failure = f"differs from {args.check_against}: {'; '.join(problems[:5])}"
                     raise CheckFailed
                 print(f"bit-identical to {args.check_against}: {len(original)} tensors, same keys, order and dtypes")
-            if args.verify:
-                report = run_parity(info.name, info.num_features, written, weights, args)
-                if not report.passed:
-                    raise CheckFailed
             digest = sha256_file(tmp)
     except CheckFailed:
         write_report(args.report, report, {"tool": "paddle2torch", "arch": info.name, "output": None})
@@ -117,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     write_report(args.report, report, {"tool": "paddle2torch", "arch": info.name,
                                        "source": {"path": str(args.src), "sha256": sha256_file(args.src)},
                                        "output": {"path": str(args.out), "sha256": digest}})
-    print(f"wrote {args.out} ({info.name}, {len(arrays)} tensors in InsightFace's order, sha256 {digest[:16]}...)")
+    print(f"wrote {args.out} ({info.name}, {count} tensors in InsightFace's order, sha256 {digest[:16]}...)")
     return 0
 
 

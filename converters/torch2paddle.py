@@ -36,7 +36,7 @@ class GateFailed(Exception):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from converters.verify import add_verify_arguments
+    from converters.conversion_check import add_verify_arguments
 
     parser = ArgumentParser(prog="torch2paddle.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,8 +63,8 @@ def default_sources(arch: str) -> list[Path]:
 def demo_source(arch: str, seed: int) -> Path:
     """Write (once) the seeded, calibrated random reference checkpoint and return its path."""
     from converters.checkpoint import write_torch_state_dict
+    from converters.conversion_check import log
     from converters.demo import demo_state_dict
-    from converters.verify import log
 
     path = WEIGHTS / "demo" / f"{arch}-DEMO-random.pth"
     banner = "=" * 100
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     inputs = {"--src": args.src, "--input": None if args.input == "random" else Path(args.input)}
     check_outputs(inputs, {"--out": args.out, "--report": args.report})  # before any work
-    from converters.verify import log, run_parity, write_report
+    from converters.conversion_check import log, run_parity, write_report
 
     demo = False
     src = args.src
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with atomic_output(out) as tmp:
             write_paddle_weights(tmp, weights, atomic=False)
+            count, weights = len(weights.arrays), None  # a ViT's transposed Linear weights are copies: freed
             if not args.no_verify:
                 from converters.checkpoint import read_paddle_weights
 
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     write_report(args.report, report, _report_fields(src, src_digest, out, digest, info, demo))
     kind = "DEMO (random weights) " if demo else ""
     status = "verified" if report is not None else "NOT verified (--no-verify)"
-    print(f"wrote {kind}{out} ({info.name}, {len(weights.arrays)} arrays, sha256 {digest[:16]}...), {status}")
+    print(f"wrote {kind}{out} ({info.name}, {count} arrays, sha256 {digest[:16]}...), {status}")
     return 0
 
 

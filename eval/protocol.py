@@ -14,7 +14,7 @@ The protocol, as arcface_torch's ``eval/verification.py`` runs it:
 
 VAL@FAR=1e-3: InsightFace interpolates the training folds' FAR curve with scipy's
 ``interp1d(kind='slinear')``; the curve repeats values (it is a step function), which current scipy
-rejects, so that code crashes (insightface#2152). Here the threshold of a fold is the *largest* threshold
+rejects, so that code crashes. Here the threshold of a fold is the *largest* threshold
 of ``arange(0, 4, 0.001)`` whose training-fold FAR is <= 1e-3; as in InsightFace it is 0 when the
 training FAR never reaches 1e-3. InsightFace divides by zero when a fold has no same (or no different)
 pairs; here that VAL (or FAR) is 0, as for TPR/FPR.

@@ -121,9 +121,18 @@ def find_known(weights: Path, sha256: str, arch: str | None, source_sha256: str 
     if source_sha256:  # converted weights: compare with the checkpoints present under weights/
         for m in models:
             local = weights_dir / m.path if m.path else None
-            if m.arch == arch and local is not None and local.is_file() and sha256_file(local) == source_sha256:
+            if (_same_weights(m.arch, arch) and local is not None and local.is_file()
+                    and sha256_file(local) == source_sha256):
                 return m
     return None
+
+
+def _same_weights(listed: str, detected: str | None) -> bool:
+    """Whether weights detected as ``detected`` can be the manifest's ``listed`` architecture (the ViT names
+    that differ only in training settings share their weights; detection reports the first of them)."""
+    import architectures
+
+    return listed == detected or (listed in architectures.names() and detected in architectures.same_weights(listed))
 
 
 # ------------------------------------------------------------------------------------------ results.txt

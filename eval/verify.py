@@ -31,7 +31,8 @@ if __package__ in (None, ""):
 import architectures  # noqa: E402
 from converters.cli import ArgumentParser, int_range, thread_count  # noqa: E402
 from converters.errors import UserError, run_cli  # noqa: E402
-from eval.embed import BACKENDS, DEFAULT_BATCH_SIZE, DEVICES  # noqa: E402
+from eval.backends import BACKENDS, DEVICES  # noqa: E402
+from eval.stream import DEFAULT_BATCH_SIZE  # noqa: E402
 
 # InsightFace's usual order; other packs found in --data follow alphabetically
 KNOWN_TARGETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw", "cfp_ff", "vgg2_fp")
@@ -136,17 +137,19 @@ def run_model(args: argparse.Namespace) -> tuple[dict, dict, list]:
     # imported only where it is used and Paddle-only evaluation stays ~200 MB smaller
     threads = set_threads(args.threads, torch=False)
     from converters.binfile import read_bin
-    from eval.embed import embed_pack, load_weights, make_embedder
+    from eval.backends import make_embedder
     from eval.protocol import decisions_differ, evaluate_flip
     from eval.results import differ_note, find_known, insightface_lines
+    from eval.sources import load_weights
+    from eval.stream import embed_pack
 
     packs = find_targets(args.data, args.targets)
     source = load_weights(args.weights, args.arch)
     backend = args.backend or ("onnx" if source.kind == "onnx" else "paddle-inference")
     if args.compare == backend:
         raise UserError(None, f"--compare {args.compare} is the backend being evaluated; choose another")
-    meta_sha = source.paddle_weights.meta.get("source_sha256") if source.paddle_weights is not None else None
-    known = find_known(args.weights, source.sha256, source.arch, meta_sha, args.published)
+    known = find_known(args.weights, source.sha256, source.arch, source.meta.get("source_sha256"),
+                       args.published)
     embedders = [make_embedder(source, backend, threads, args.device, args.cache_dir)]
     if args.compare:
         embedders.append(make_embedder(source, args.compare, threads, args.device, args.cache_dir))

@@ -54,5 +54,11 @@ def prelu(c: int) -> nn.PReLU:
 
 
 def amp_enabled(fp16: bool, x: paddle.Tensor) -> bool:
-    """Autocast only where Paddle has float16 kernels (not on CPU), as InsightFace autocasts on CUDA only."""
-    return bool(fp16) and not x.place.is_cpu_place()
+    """Autocast only where Paddle has float16 kernels (not on CPU), as InsightFace autocasts on CUDA only.
+
+    A value traced by ``paddle.jit.save`` has no device (``x.place`` is None): the traced graph stays float32.
+    """
+    if not fp16:
+        return False
+    place = x.place
+    return place is not None and not place.is_cpu_place()

@@ -67,7 +67,7 @@ CASES = {
     "one wrong shape": (lambda d, sd: write(d / "s.pth", edited(sd, reshape="layer3.0.prelu.weight")),
                         ["layer3.0.prelu.weight: shape [1] but r18 expects [256]"]),
     "not insightface": (lambda d, sd: write(d / "n.pth", {"w": torch.zeros(2)}),
-                        ["not an InsightFace iresnet or MobileFaceNet"]),
+                        ["not an InsightFace state_dict of a registered architecture"]),
 }
 
 

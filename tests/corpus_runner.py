@@ -104,12 +104,16 @@ def _preload() -> None:
     import converters.arch  # noqa: F401
     import converters.binfile  # noqa: F401
     import converters.checkpoint  # noqa: F401
+    import converters.conversion_check  # noqa: F401
     import converters.mapping  # noqa: F401
     import converters.models  # noqa: F401
-    import converters.verify  # noqa: F401
-    import eval.embed  # noqa: F401
+    import converters.weights  # noqa: F401
+    import eval.backends  # noqa: F401
+    import eval.export  # noqa: F401
     import eval.protocol  # noqa: F401
     import eval.results  # noqa: F401
+    import eval.sources  # noqa: F401
+    import eval.stream  # noqa: F401
     import paddle_models  # noqa: F401
     import torch_reference  # noqa: F401
     import train.checkpoint  # noqa: F401

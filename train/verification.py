@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from converters.binfile import read_bin
-from eval.embed import PaddleEmbedder, embed_pack
+from eval.backends import PaddleEmbedder
 from eval.protocol import evaluate_flip
 from eval.results import insightface_lines
+from eval.stream import embed_pack
 from train.config import TrainConfig, data_path
 from train.monitor import log
 

@@ -16,18 +16,18 @@ from converters.checkpoint import (
 from converters.errors import UserError
 from converters.mapping import FORMAT_VERSION, layout, paddle_to_torch
 from converters.models import load_paddle_weights
-from eval.embed import load_weights
+from converters.weights import read_weights
 
 
 def read_init_weights(path: str | Path, network: str, embedding_size: int) -> PaddleWeights:
     """``.pdparams`` or a PyTorch ``.pth``/``.pt`` (converted on the fly), checked against the config."""
-    source = load_weights(path, network, option="network =")
-    if source.kind == "onnx":
+    if Path(path).suffix.lower() == ".onnx":
         raise UserError(path, "--init takes .pdparams or PyTorch .pth/.pt weights, not an ONNX model")
+    source = read_weights(path, network, option="network =")
     if source.num_features != embedding_size:
         raise UserError(path, f"the checkpoint's embedding has {source.num_features} dimensions, "
                         f"the config's embedding_size is {embedding_size}")
-    if source.kind == "paddle":
+    if source.format == "paddle":
         source.torch_state()  # the strict key and shape check of the mapping
     return source.paddle_state()
 

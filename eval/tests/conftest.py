@@ -12,7 +12,7 @@ def r18_files(tmp_path_factory):
     from converters.checkpoint import write_paddle_weights, write_torch_state_dict
     from converters.demo import demo_state_dict
     from converters.mapping import torch_to_paddle
-    from eval.embed import export_onnx
+    from eval.export import export_onnx
 
     folder = tmp_path_factory.mktemp("r18")
     arrays = demo_state_dict("r18")

@@ -67,7 +67,7 @@ def test_onnx_model_that_fails_at_inference_is_one_line(kind, words, tmp_path, s
 
 def test_onnx_embedder_checks_the_model_when_built(tmp_path):
     pytest.importorskip("onnxruntime")
-    from eval.embed import OnnxEmbedder
+    from eval.backends import OnnxEmbedder
 
     model = onnx_model(tmp_path / "r.onnx", "reshape")
     with pytest.raises(UserError, match=r"r\.onnx: onnxruntime failed running the model on a batch of \[2, 3"):

@@ -174,6 +174,42 @@ def test_project_manifest_holds_the_published_numbers():
     assert all(m.path for m in load_manifest() if not m.name.startswith("arcface_paddle"))
 
 
+def test_project_manifest_names_registered_architectures_and_the_webface42m_vits():
+    import architectures
+    from eval.results import load_manifest
+
+    models = {m.name: m for m in load_manifest()}
+    assert all(m.arch in architectures.names() for m in models.values())
+    vits = {n: m for n, m in models.items() if architectures.family_of(m.arch) == "vit"}
+    assert {n: m.arch for n, m in vits.items()} == {
+        "wf42m_pfc03_40epoch_8gpu_vit_t": "vit_t_dp005_mask0", "wf42m_pfc03_40epoch_64gpu_vit_s": "vit_s_dp005_mask_0",
+        "wf42m_pfc03_40epoch_8gpu_vit_b": "vit_b_dp005_mask_005",
+        "wf42m_pfc03_40epoch_64gpu_vit_l": "vit_l_dp005_mask_005"}
+    published = {n: (m.published[0]["mfr_all"], m.published[0]["ijbc_tar"]["ijbc_1e-4"],
+                     m.published[0]["ijbc_tar"]["ijbc_1e-5"]) for n, m in vits.items()}
+    assert published == {"wf42m_pfc03_40epoch_8gpu_vit_t": (92.24, 97.31, 95.97),
+                         "wf42m_pfc03_40epoch_64gpu_vit_s": (95.87, 97.73, 96.57),
+                         "wf42m_pfc03_40epoch_8gpu_vit_b": (97.42, 97.90, 97.04),
+                         "wf42m_pfc03_40epoch_64gpu_vit_l": (97.85, 98.00, 97.23)}
+    assert all(m.published[0]["accuracy"] == {} and m.path.endswith("/model.pt") for m in vits.values())
+
+
+def test_converted_vit_weights_are_known_by_their_source_under_any_name_with_the_same_weights(tmp_path):
+    """A vit_t_dp005_mask0 checkpoint converted without --arch records (and is detected as) vit_t."""
+    manifest = tmp_path / "manifest.json"
+    ckpt = tmp_path / "zoo" / "model.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"vit checkpoint bytes")
+    from converters.checkpoint import sha256_file
+
+    manifest.write_text(json.dumps({"models": [
+        {"name": "vit", "arch": "vit_t_dp005_mask0", "path": "zoo/model.pt", "published": []}]}))
+    converted = tmp_path / "vit_t.pdparams"
+    digest = sha256_file(ckpt)
+    assert find_known(converted, "0" * 64, "vit_t", source_sha256=digest, manifest=manifest).name == "vit"
+    assert find_known(converted, "0" * 64, "vit_s", source_sha256=digest, manifest=manifest) is None
+
+
 def one_error_line(capsys, code: int, path) -> str:
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1, lines

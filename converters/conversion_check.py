@@ -1,4 +1,6 @@
-"""Verification shared by the converter CLIs: build both models, run the parity engine, report."""
+"""Checking a conversion, shared by the converter CLIs (torch2paddle.py, paddle2torch.py): their verification
+options (``--input``, ``--batch``, ``--seed``, ``--threads``, ``--table``, ``--report``), the forward-parity run
+of both models against the gates (``converters.parity``) with its table and verdict, and the JSON report."""
 
 from __future__ import annotations
 
@@ -39,12 +41,15 @@ def log(message: str) -> None:
 def run_parity(arch: str, num_features: int, torch_arrays: Mapping[str, np.ndarray],
                paddle_weights: PaddleWeights, args: argparse.Namespace) -> ParityReport:
     """Eval-mode forward parity of the PyTorch reference holding ``torch_arrays`` and the Paddle model
-    holding ``paddle_weights`` (both loaded strictly), printed as a per-layer table and a verdict."""
+    holding ``paddle_weights`` (both loaded strictly), printed as a per-layer table and a verdict.
+
+    No second copy of the weights is made: the PyTorch model's parameters are ``torch_arrays`` and the
+    Paddle model takes the arrays out of ``paddle_weights`` (left empty)."""
     x, info = parity_input(args.input, args.batch, args.seed)
     log(f"verifying {arch}: {info['kind']}, input {tuple(x.shape)}")
     t0 = time.perf_counter()
-    reference = torch_model(arch, torch_arrays, num_features)
-    converted = paddle_model(arch, paddle_weights, num_features)
+    reference = torch_model(arch, torch_arrays, num_features, share=True)
+    converted = paddle_model(arch, paddle_weights, num_features, release=True)
     report = compare_forward(reference, converted, x, input_info=info)
     report.input["seconds"] = round(time.perf_counter() - t0, 2)
     if args.table != "none":
