@@ -60,6 +60,13 @@ class ViTSpec:
     def describe(self) -> str:
         return (f"ViT dim {self.embed_dim} depth {self.depth} heads {self.num_heads} patch {self.patch_size}")
 
+    def model_kwargs(self, num_features: int) -> dict:
+        """Constructor arguments of either framework's ``VisionTransformer`` for this spec."""
+        return dict(img_size=IMG_SIZE, patch_size=self.patch_size, num_classes=num_features,
+                    embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                    drop_path_rate=self.drop_path_rate, mask_ratio=self.mask_ratio,
+                    using_checkpoint=self.use_checkpoint, feature_bn_eps=self.bn_eps)
+
     def weights_signature(self) -> tuple:
         return (self.family, self.embed_dim, self.depth, self.num_heads, self.patch_size, self.mlp_ratio,
                 self.norm)

@@ -295,10 +295,6 @@ def vit(name: str = "vit_t", num_features: int = 512, **overrides: Any) -> Visio
 
 def vit_from_spec(spec: Any, num_features: int = 512, **overrides: Any) -> VisionTransformer:
     """Build the ViT a registry ``ViTSpec`` describes, with constructor ``overrides``."""
-    kwargs: dict[str, Any] = dict(img_size=IMG_SIZE, patch_size=spec.patch_size, num_classes=num_features,
-                                  embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads,
-                                  mlp_ratio=spec.mlp_ratio, drop_path_rate=spec.drop_path_rate,
-                                  mask_ratio=spec.mask_ratio, using_checkpoint=spec.use_checkpoint,
-                                  feature_bn_eps=spec.bn_eps)
+    kwargs: dict[str, Any] = spec.model_kwargs(num_features)
     kwargs.update(overrides)
     return VisionTransformer(**kwargs)
