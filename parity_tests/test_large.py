@@ -6,8 +6,8 @@ the original bit for bit (``--check-against``) and verifies every layer of the P
 PyTorch model of the round-tripped file on two real faces; the test then compares the two ``.pth`` files
 tensor by tensor itself. Every layer must be within its gate and the embedding cosine >= 0.999999.
 
-r2060 alone (4.2 GiB of weights) takes about 15 minutes and 12 GB here, so these tests run only with
-``ARCFACE_PARITY_LARGE=1``, which ``make parity-large`` sets; ``make test`` skips them.
+r2060 alone (4.2 GiB of weights) takes about 11 minutes and 12.3 GiB on 2 cores, so these tests run only
+with ``ARCFACE_PARITY_LARGE=1``, which ``make parity-large`` sets; ``make test`` skips them.
 """
 
 from __future__ import annotations
