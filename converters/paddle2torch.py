@@ -13,6 +13,7 @@ checkpoint bit for bit. Exit codes: 0 written, 1 a check failed (nothing written
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -61,6 +62,16 @@ def compare_exact(converted, original) -> list[str]:
         elif not same_bytes(other, arr):
             problems.append(f"{key}: values differ")
     return problems
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by Python back to the system. glibc keeps freed blocks below its (adaptive, up to
+    32 MB) mmap threshold in its heap: after verifying r2060, 7.5 GB of models and layer outputs that are
+    gone stay resident unless trimmed. Elsewhere than glibc, nothing happens."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def same_bytes(a, b, chunk: int = 1 << 24) -> bool:
@@ -118,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not report.passed:
                     raise CheckFailed
             weights = None
+            release_freed_memory()
             if original is not None:
                 problems = compare_exact(written, original)
                 if problems:
