@@ -22,8 +22,9 @@ import pytest
 import torch
 
 from converters.inputs import faces_from_bin
-from converters.mapping import layout, torch_to_paddle
+from converters.mapping import torch_to_paddle, trainable_pairs
 from converters.models import paddle_model
+from parity_tests.test_training_step import f32, grads_paddle, grads_torch
 from parity_tests.test_vit import build_pair, numpy_randomness
 from parity_tests.workers.numpy_reference import rel
 from torch_reference.losses import CombinedMarginLoss as TorchMargin
@@ -40,31 +41,6 @@ KEPT = 129  # int(144 * (1 - 0.1)) tokens pass the blocks when masking
 LR, WEIGHT_DECAY = 1e-3, 0.1  # arcface_torch's ViT configs: optimizer "adamw", lr 0.001, weight_decay 0.1
 ZERO_IN_THEORY = 1e-10  # gradient norms below this are flagged (a shift removed by a later train-mode BN)
 MEASURED: dict[str, float] = {}  # worst rel per quantity, printed with -s
-
-
-def f32(value: float) -> float:
-    return float(np.float32(value))
-
-
-def grads_paddle(trainer) -> dict[str, np.ndarray]:
-    out = {k: p.grad.numpy().copy() for k, p in trainer.backbone.named_parameters()
-           if not p.stop_gradient and p.grad is not None}
-    out["pfc.weight"] = trainer.pfc.weight.grad.numpy().copy()
-    return out
-
-
-def grads_torch(loop) -> dict[str, np.ndarray]:
-    out = {k: p.grad.numpy().copy() for k, p in loop.backbone.named_parameters() if p.grad is not None}
-    out["pfc.weight"] = loop.pfc.weight.grad.numpy().copy()
-    return out
-
-
-def parameter_pairs(torch_backbone) -> list[tuple[str, str, object]]:
-    """(torch name, Paddle name, Paddle-to-torch layout) of every parameter, from the converter's table
-    (``trainable_pairs`` lists weights and biases only; the ViT's ``pos_embed`` and ``mask_token`` are
-    parameters too)."""
-    names = {k for k, _ in torch_backbone.named_parameters()}
-    return [(e.torch_key, e.paddle_key, e.rule.to_torch) for e in layout("vit_t") if e.torch_key in names]
 
 
 def measure(quantity: str, value: float) -> float:
@@ -102,7 +78,7 @@ def test_float64_vit_t_adamw_steps_with_masking_and_drop_path_equal_insightface_
                            total_steps=10, optimizer="adamw", betas=(0.9, 0.999), eps=1e-8)
 
     # AdamW over every backbone parameter and the Partial FC weight, each with decoupled decay 0.1
-    pairs = parameter_pairs(reference)
+    pairs = trainable_pairs("vit_t")
     paddle_params = {k: p for k, p in trainer.backbone.named_parameters() if not p.stop_gradient}
     assert len(pairs) == len(list(reference.parameters())) == len(paddle_params) == 144
     assert {p for _, p, _ in pairs} == set(paddle_params)
