@@ -88,26 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     from converters.runtime import set_threads
 
     set_threads(args.threads, paddle=args.verify)
-    from converters.arch import detect_arch, resolve_arch
     from converters.checkpoint import (
-        read_paddle_weights,
         read_torch_checkpoint,
         sha256_file,
         write_torch_state_dict,
     )
     from converters.conversion_check import log, run_parity, write_report
-    from converters.mapping import paddle_to_torch
     from converters.models import torch_model
     from converters.outputs import atomic_output, check_outputs
+    from converters.weights import read_weights
 
     check_outputs({"--src": args.src, "--check-against": args.check_against,
                    "--input": None if args.input == "random" else Path(args.input)},
                   {"--out": args.out, "--report": args.report})  # before any work
 
-    weights = read_paddle_weights(args.src)
-    detected = detect_arch({k: v.shape for k, v in weights.arrays.items()}, args.src, "paddle")
-    info = resolve_arch(args.arch, detected, args.src)
-    arrays = paddle_to_torch(weights, info.name, info.num_features, args.src)
+    source = read_weights(args.src, args.arch, format="paddle")
+    weights, info, arrays = source.paddle_state(), source.arch, source.torch_state()
     tracked = "from the file's metadata" if weights.meta.get("num_batches_tracked") else "set to 0 (not in the file)"
     log(f"{args.src}: {info.name}, {info.description}; num_batches_tracked {tracked}")
     torch_model(info.name, arrays, info.num_features, share=True)  # strict load into the InsightFace layout
@@ -142,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.out}: not written, {failure}", file=sys.stderr, flush=True)
         return 1
     write_report(args.report, report, {"tool": "paddle2torch", "arch": info.name,
-                                       "source": {"path": str(args.src), "sha256": sha256_file(args.src)},
+                                       "source": {"path": str(args.src), "sha256": source.sha256},
                                        "output": {"path": str(args.out), "sha256": digest}})
     print(f"wrote {args.out} ({info.name}, {count} tensors in InsightFace's order, sha256 {digest[:16]}...)")
     return 0

@@ -83,10 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     from converters.runtime import set_threads
 
     set_threads(args.threads, paddle=not args.no_verify)
-    from converters.arch import detect_arch, resolve_arch
-    from converters.checkpoint import read_torch_checkpoint, sha256_file, write_paddle_weights
-    from converters.mapping import torch_to_paddle
+    from converters.checkpoint import sha256_file, write_paddle_weights
     from converters.outputs import atomic_output, check_outputs
+    from converters.weights import read_weights
 
     inputs = {"--src": args.src, "--input": None if args.input == "random" else Path(args.input)}
     check_outputs(inputs, {"--out": args.out, "--report": args.report})  # before any work
@@ -100,11 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         if src is None:
             src, demo = demo_source(arch, args.seed), True
         log(f"source: {src}")
-    ckpt = read_torch_checkpoint(src)
-    detected = detect_arch({k: v.shape for k, v in ckpt.arrays.items()}, src, "torch")
-    info = resolve_arch(args.arch, detected, src)
-    weights = torch_to_paddle(ckpt.arrays, info.name, info.num_features, src)
-    src_digest = sha256_file(src)
+    source = read_weights(src, args.arch, format="torch")
+    ckpt, info = source.checkpoint, source.arch
+    weights = source.paddle_state()
+    src_digest = source.sha256
     weights.meta.update(demo=demo, source_sha256=src_digest, source_dtypes=sorted(set(ckpt.source_dtypes.values())))
     wrapped = f" (state_dict under '{ckpt.wrapper}')" if ckpt.wrapper else ""
     prefix = f", stripped prefix '{ckpt.stripped_prefix}'" if ckpt.stripped_prefix else ""
