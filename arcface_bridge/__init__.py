@@ -29,6 +29,9 @@ COMMANDS: dict[str, Command] = {
                             "convert a PyTorch backbone to Paddle, proving parity layer by layer"),
     "paddle2torch": Command("converters.paddle2torch:main", "python converters/paddle2torch.py",
                             "convert Paddle weights back to an InsightFace PyTorch state_dict"),
+    "onnx2paddle": Command("converters.onnx2paddle:main", "python converters/onnx2paddle.py",
+                           "import an InsightFace recognition ONNX as Paddle (and PyTorch) weights, checked "
+                           "against onnxruntime stage by stage"),
     "verify": Command("eval.verify:main", "python eval/verify.py",
                       "evaluate a model (or embeddings) on InsightFace's verification packs"),
     "train": Command("train.train:main", "python train/train.py",

@@ -227,6 +227,11 @@ META_SCHEMA = {
     "source_sha256": ("a sha256 hex string", lambda v: isinstance(v, str) and len(v) <= 128),
     "source_dtypes": ("a list of dtype names", lambda v: isinstance(v, list) and all(
         isinstance(d, str) and len(d) <= 64 for d in v)),
+    "source_format": ("a format name", lambda v: isinstance(v, str) and 0 < len(v) <= 32),
+    "folded_batchnorm": ("a list of module names", lambda v: isinstance(v, list) and all(
+        isinstance(d, str) and len(d) <= 256 for d in v)),
+    "input_normalisation": ("null or a dict with mean and std", lambda v: v is None or (
+        isinstance(v, dict) and set(v) == {"mean", "std"})),
 }
 
 
