@@ -2,13 +2,14 @@
 
 ``make_embedder`` builds one for a ``ModelSource``:
 
-- ``paddle-inference`` (default on CPU): the Paddle model exported once (``eval.export``) and run by a
-  Paddle Inference predictor with oneDNN and an explicit math-thread count; measured 5-6x faster than
-  dygraph on CPU.
+- ``paddle-inference`` (default on CPU): the Paddle model exported once (``eval.export``, with
+  ``converters/export.py``'s code) and run by its Paddle Inference predictor with oneDNN and an explicit
+  math-thread count; measured 5-6x faster than dygraph on CPU.
 - ``paddle``: the Paddle dygraph model (``paddle_models``), also what training evaluates with.
 - ``torch``: the PyTorch reference (``torch_reference``) with InsightFace's state_dict layout.
 - ``onnx``: onnxruntime on an ``.onnx`` file (normalisation outside the graph, as InsightFace exports);
-  ``.pth``/``.pdparams`` weights are exported first (``eval.export``).
+  ``.pth``/``.pdparams`` weights are exported first (``eval.export``: the PyTorch reference exported as
+  arcface_torch does, ``converters/export.py``'s ``--via torch``).
 """
 
 from __future__ import annotations
@@ -58,30 +59,18 @@ class PaddleEmbedder(Embedder):
 
 
 class PaddleInferenceEmbedder(Embedder):
-    """A Paddle Inference predictor on an exported ``model.json`` + ``model.pdiparams``."""
+    """A Paddle Inference predictor (``converters.export.PaddlePredictor``: oneDNN and an explicit thread count
+    on CPU) on an exported ``model.json`` + ``model.pdiparams``."""
 
     name = "paddle-inference"
 
     def __init__(self, prefix: Path, threads: int, device: str = "cpu"):
-        import paddle.inference as pi
+        from converters.export import PaddlePredictor
 
-        config = pi.Config(str(prefix) + ".json", str(prefix) + ".pdiparams")
-        if device == "gpu":
-            config.enable_use_gpu(256, 0)
-        else:
-            config.disable_gpu()
-            config.set_cpu_math_library_num_threads(threads)
-            config.enable_mkldnn()  # oneDNN: the fast CPU path (never FLAGS_use_mkldnn with to_static)
-        config.disable_glog_info()
-        self.predictor = pi.create_predictor(config)
-        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
-        self.output_name = self.predictor.get_output_names()[0]
+        self.predictor = PaddlePredictor(prefix, threads, device)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        self.input.reshape(list(batch.shape))
-        self.input.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
-        self.predictor.run()
-        return self.predictor.get_output_handle(self.output_name).copy_to_cpu()
+        return self.predictor(batch)
 
 
 class TorchEmbedder(Embedder):

@@ -1,11 +1,11 @@
 """Exported models for the ``paddle-inference`` and ``onnx`` backends, made once per weights file and cached.
 
-- Paddle Inference: ``paddle.jit.save`` of the Paddle model (``model.json`` + ``model.pdiparams``), traced in
-  eval mode, so the ViT's training-only branches (patch masking, stochastic depth, their injected randomness)
-  are left out of the graph. ``paddle.jit.to_static`` is never combined with ``FLAGS_use_mkldnn`` (that
-  segfaults); the predictor switches oneDNN on in its own config.
-- ONNX: the PyTorch reference exported as InsightFace's ``torch2onnx.py`` does (opset 11, input ``data``,
-  dynamic batch, normalisation outside the graph), usable by every registered architecture.
+The exports are ``converters/export.py``'s, the deployment command's own code:
+
+- Paddle Inference: ``save_paddle_inference`` (``paddle.jit.save`` in eval mode with a dynamic batch, so the
+  ViT's training-only branches are left out of the graph, the written files checked for completeness).
+- ONNX: ``export_onnx``, the PyTorch reference exported as arcface_torch's ``torch2onnx.py`` does (opset 11,
+  input ``data``, dynamic batch, normalisation outside the graph), usable by every registered architecture.
 
 Exports live under a folder named by the weights' sha256, the architecture, the embedding size and the
 framework version: a private folder under the system temp dir, or ``--cache-dir``.
@@ -16,17 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import warnings
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from converters.binfile import IMAGE_SIZE
 from converters.errors import UserError
-from converters.images import normalize
+from converters.export import export_onnx, save_paddle_inference
 
-from .sources import INPUT_SHAPE, ModelSource
+from .sources import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +66,8 @@ def _cached(folder: Path, files: tuple[str, ...], build) -> Path:
 
 
 def export_paddle_inference(source: ModelSource, cache_dir: str | Path | None = None) -> Path:
-    """``paddle.jit.save`` the Paddle model once per weights file; returns the prefix (``<dir>/model``)."""
+    """``save_paddle_inference`` of the Paddle model, once per weights file; returns the prefix
+    (``<dir>/model``)."""
     import paddle
 
     from converters.models import paddle_model
@@ -81,47 +77,9 @@ def export_paddle_inference(source: ModelSource, cache_dir: str | Path | None = 
     def build(tmp: Path) -> None:
         log.info("exporting %s for Paddle Inference to %s", source.path, folder)
         model = paddle_model(source.arch, source.paddle_state(), source.num_features)
-        spec = [paddle.static.InputSpec([None, *INPUT_SHAPE], "float32", "x")]
-        paddle.jit.save(model, str(tmp / "model"), input_spec=spec)
-        _check_export(tmp, folder, sum(int(np.prod(v.shape)) * 4 for v in model.state_dict().values()))
+        save_paddle_inference(model, tmp / "model", name=folder)
 
     return _cached(folder, ("model.json", "model.pdiparams"), build) / "model"
-
-
-def _check_export(tmp: Path, folder: Path, data_bytes: int) -> None:
-    """Refuse an incomplete ``paddle.jit.save``: it ignores failed writes (a full disk leaves a truncated
-    ``model.json`` and parameters behind and no error), and a cached broken export would fail every run."""
-    import json
-
-    try:
-        json.loads((tmp / "model.json").read_text())
-        complete = (tmp / "model.pdiparams").stat().st_size >= data_bytes
-    except (OSError, ValueError):
-        complete = False
-    if not complete:
-        raise UserError(folder, "cannot write: the exported model is incomplete (no space left on the device?)")
-
-
-def export_onnx(arrays: Any, arch: str, num_features: int, path: str | Path) -> Path:
-    """Export the PyTorch reference as InsightFace's ``torch2onnx.py``: opset 11, input ``data`` with batch
-    dimension ``None``, normalisation outside the graph.
-
-    The batch is declared dynamic while tracing (``dynamic_axes``), not only marked on the input afterwards as
-    InsightFace does: that works for the ResNets, but a ViT's attention reshapes would keep the traced batch
-    of one and fail on any other batch.
-    """
-    import torch
-
-    from converters.models import torch_model
-
-    model = torch_model(arch, arrays, num_features)
-    dummy = torch.from_numpy(normalize(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)))
-    with warnings.catch_warnings():
-        # the ViT checks the image size in Python: fixed at 112 x 112 here, so a constant in the graph is right
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(model, dummy, str(path), opset_version=11, input_names=["data"],
-                          keep_initializers_as_inputs=False, dynamo=False, dynamic_axes={"data": {0: "None"}})
-    return Path(path)
 
 
 def cached_onnx(source: ModelSource, cache_dir: str | Path | None = None) -> Path:
@@ -137,3 +95,6 @@ def cached_onnx(source: ModelSource, cache_dir: str | Path | None = None) -> Pat
         export_onnx(source.torch_state(), source.arch, source.num_features, tmp / "model.onnx")
 
     return _cached(folder, ("model.onnx",), build) / "model.onnx"
+
+
+__all__ = ["cache_root", "cached_onnx", "export_onnx", "export_paddle_inference"]

@@ -8,15 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from converters.binfile import IMAGE_SIZE
 from converters.errors import UserError
+from converters.export import INPUT_SHAPE  # what every model takes: [N, 3, 112, 112] RGB in [-1, 1]
 from converters.weights import FORMATS
 
 if TYPE_CHECKING:
     from converters.checkpoint import PaddleWeights
     from converters.weights import WeightsFile
 
-INPUT_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)  # what every model takes: [N, 3, 112, 112] RGB in [-1, 1]
 WEIGHT_SUFFIXES = {**FORMATS, ".onnx": "onnx"}
 
 
