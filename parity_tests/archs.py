@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from architectures import names, parameter_count, same_weights
 
 # Above this many weights an architecture's model-building parity runs under `make parity-large` (r2060,
@@ -17,3 +19,18 @@ def distinct_archs(large: bool) -> list[str]:
 
 ARCHS = distinct_archs(large=False)
 LARGE_ARCHS = distinct_archs(large=True)
+
+# `make parity-large` (ARCFACE_PARITY_LARGE=1) also runs what `make test` keeps to the smaller sizes
+LARGE_ENABLED = os.environ.get("ARCFACE_PARITY_LARGE") == "1"
+# Train-mode parity runs every family's code path on its sizes up to this many weights in `make test`
+# (r18, r34, r50, mbf, mbf_large, vit_t); r100, r200, vit_s and vit_b run the same code with more blocks
+# and are checked in train mode by `make parity-large`.
+TRAIN_MODE_PARAMETERS = 50_000_000
+
+
+def skip_unless_large(arch: str, limit: int) -> None:
+    """Skip ``arch`` in `make test` when it has more than ``limit`` weights (run by `make parity-large`)."""
+    import pytest
+
+    if parameter_count(arch) > limit and not LARGE_ENABLED:
+        pytest.skip(f"{arch}: above {limit // 1_000_000} M weights, run by `make parity-large`")

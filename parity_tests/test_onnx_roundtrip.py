@@ -16,8 +16,6 @@ test_onnx2paddle_cli.py); the embeddings are compared on real faces."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -25,14 +23,13 @@ from architectures import parameter_count
 from converters import onnx2paddle, paddle2torch
 from converters.errors import exit_code
 from converters.inputs import faces_from_bin
-from parity_tests.archs import ARCHS
+from parity_tests.archs import ARCHS, LARGE_ENABLED
 
 EMBEDDING_REL, EMBEDDING_COSINE = 5e-5, 0.999999
 QUICK_PARAMETERS = 25_000_000
-LARGE = os.environ.get("ARCFACE_PARITY_LARGE") == "1"
 ROUND_TRIP_ARCHS = [
     a if parameter_count(a) <= QUICK_PARAMETERS else pytest.param(a, marks=pytest.mark.skipif(
-        not LARGE, reason="minutes per architecture: `make parity-large` (ARCFACE_PARITY_LARGE=1) runs it"))
+        not LARGE_ENABLED, reason="minutes per architecture: `make parity-large` (ARCFACE_PARITY_LARGE=1) runs it"))
     for a in ARCHS]
 
 
