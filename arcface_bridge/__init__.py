@@ -32,6 +32,8 @@ COMMANDS: dict[str, Command] = {
     "onnx2paddle": Command("converters.onnx2paddle:main", "python converters/onnx2paddle.py",
                            "import an InsightFace recognition ONNX as Paddle (and PyTorch) weights, checked "
                            "against onnxruntime stage by stage"),
+    "export": Command("converters.export:main", "python converters/export.py",
+                      "export a backbone for deployment: Paddle Inference or ONNX, checked against the model"),
     "verify": Command("eval.verify:main", "python eval/verify.py",
                       "evaluate a model (or embeddings) on InsightFace's verification packs"),
     "train": Command("train.train:main", "python train/train.py",
