@@ -25,7 +25,12 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import warnings  # noqa: E402
+
 import numpy as np  # noqa: E402
+
+# paddle.jit.save tracing a model warns once per layer that a PIR value has no place
+warnings.filterwarnings("ignore", message=".*do not have 'place' interface.*")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "small_lfw.bin"

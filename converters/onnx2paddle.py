@@ -74,6 +74,9 @@ def describe(imported) -> list[str]:
         f"folded BatchNorm: {len(imported.folded)} of the model's BatchNorm layers came folded into a "
         "convolution" if imported.folded else "folded BatchNorm: none (every BatchNorm read as stored)",
     ]
+    if "mask_token" in imported.arrays:
+        lines.append("mask_token: not in an inference graph (only training-time patch masking uses it); set to "
+                     "zeros, so train from these weights with mask_ratio 0 or let it learn")
     if norm is None:
         lines.append("input normalisation: outside the graph (RGB, (pixel - 127.5) / 127.5, as this project's models)")
     else:

@@ -7,7 +7,8 @@ or for `make test`):
   within the gates;
 - ``.pdparams`` -> ONNX (paddle2onnx, BatchNorm kept) -> ``onnx2paddle.py``: the Paddle model holding the
   result gives the original Paddle model's embeddings within the gates, and every weight comes back
-  bit for bit (nothing was folded).
+  bit for bit (nothing was folded; a ViT's ``mask_token``, used only by training-time masking, is in no
+  inference graph and comes back as zeros).
 
 `make test` runs the architectures up to 25 M weights (r18, mbf, mbf_large, vit_t); the others (r34, r50,
 r100, r200, vit_s, vit_b) take minutes together and run with `make parity-large` (ARCFACE_PARITY_LARGE=1).
@@ -104,6 +105,9 @@ def test_paddle_onnx_paddle(tmp_path, arch, faces):
     original = read_paddle_weights(src).arrays
     assert list(imported.arrays) == list(original)
     for key, value in original.items():
+        if key == "mask_token":  # a ViT's training-time patch masking: in no inference graph, read as zeros
+            assert not imported.arrays[key].any()
+            continue
         np.testing.assert_array_equal(imported.arrays[key], value, err_msg=key)
     rel, cos = compare(before, paddle_embeddings(paddle_model(arch, imported, 512), faces))
     assert rel <= EMBEDDING_REL and cos >= EMBEDDING_COSINE, (rel, cos)
