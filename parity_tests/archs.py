@@ -22,10 +22,10 @@ LARGE_ARCHS = distinct_archs(large=True)
 
 # `make parity-large` (ARCFACE_PARITY_LARGE=1) also runs what `make test` keeps to the smaller sizes
 LARGE_ENABLED = os.environ.get("ARCFACE_PARITY_LARGE") == "1"
-# Train-mode parity runs every family's code path on its sizes up to this many weights in `make test`
-# (r18, r34, r50, mbf, mbf_large, vit_t); r100, r200, vit_s and vit_b run the same code with more blocks
-# and are checked in train mode by `make parity-large`.
-TRAIN_MODE_PARAMETERS = 50_000_000
+# `make test` runs the per-layer forward parity (eval and train mode) of every family on its sizes up to
+# this many weights (r18, r34, r50, mbf, mbf_large, vit_t); r100, r200, vit_s and vit_b run the same code
+# with more blocks or wider layers and are checked by `make parity-large`.
+SUITE_PARAMETERS = 50_000_000
 
 
 def skip_unless_large(arch: str, limit: int) -> None:
