@@ -52,12 +52,17 @@ def run_parity(arch: str, num_features: int, torch_arrays: Mapping[str, np.ndarr
     converted = paddle_model(arch, paddle_weights, num_features, release=True)
     report = compare_forward(reference, converted, x, input_info=info)
     report.input["seconds"] = round(time.perf_counter() - t0, 2)
-    if args.table != "none":
-        table = report.table(only_failures=args.table == "failures")
-        if table.count("\n") > 1:
-            print(table)
-    print(report.verdict())
+    print_report(report, args.table)
     return report
+
+
+def print_report(report: ParityReport, table: str = "full") -> None:
+    """The per-layer table (``full``, ``failures`` or ``none``) and the verdict line."""
+    if table != "none":
+        text = report.table(only_failures=table == "failures")
+        if text.count("\n") > 1:
+            print(text)
+    print(report.verdict())
 
 
 def write_report(path: Path | None, report: ParityReport | None, extra: dict[str, Any]) -> None:

@@ -226,7 +226,7 @@ def verify_onnx_import(onnx_model: str | Path | onnx.ModelProto | OnnxGraph, imp
     as the converter CLIs do) and ``table`` (``full``, ``failures`` or ``none``; default full).
     Rows: one per ``imported.stages`` entry in that order, then ``(embedding)``, the graph's output against
     the Paddle model's, which also carries the cosine gate."""
-    from .conversion_check import log
+    from .conversion_check import log, print_report
     from .mapping import torch_to_paddle
     from .models import paddle_model
 
@@ -272,9 +272,5 @@ def verify_onnx_import(onnx_model: str | Path | onnx.ModelProto | OnnxGraph, imp
     info.update(reference="onnxruntime on the original graph", seconds=round(time.perf_counter() - t0, 2))
     report = ParityReport("onnx-import", "float32", rows,
                           {"layer_rel": EVAL_LAYER_REL, "embedding_cosine": EMBEDDING_COSINE}, info, norms)
-    if table != "none":
-        text = report.table(only_failures=table == "failures")
-        if text.count("\n") > 1:
-            print(text)
-    print(report.verdict())
+    print_report(report, table)
     return report
