@@ -42,38 +42,22 @@ def compare(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     return float(np.abs(ref - out).max() / np.abs(ref).max()), float(cos.min())
 
 
-def torch_embed(arch: str, arrays, x: np.ndarray) -> np.ndarray:
-    import torch
-
-    from converters.models import torch_model
-
-    with torch.no_grad():
-        return torch_model(arch, arrays, share=True)(torch.from_numpy(x)).numpy()
-
-
-def paddle_embed(model, x: np.ndarray) -> np.ndarray:
-    import paddle
-
-    with paddle.no_grad():
-        return model(paddle.to_tensor(x)).numpy()
-
-
 def round_trip(arch: str, route: str, faces: np.ndarray, folder: Path) -> dict:
     from converters.demo import demo_state_dict
-    from converters.export import export_onnx, onnx_via_paddle
+    from converters.export import export_onnx, onnx_via_paddle, paddle_forward, torch_forward
     from converters.mapping import paddle_to_torch, torch_to_paddle
-    from converters.models import paddle_model
+    from converters.models import paddle_model, torch_model
     from converters.onnx_import import import_onnx
 
     state = demo_state_dict(arch, seed=7)
     path = folder / f"{arch}-{route}.onnx"
     t0 = time.perf_counter()
     if route == "torch":
-        reference = torch_embed(arch, state, faces)
+        reference = torch_forward(torch_model(arch, state, share=True))(faces)
         export_onnx(state, arch, 512, path)
     else:
         model = paddle_model(arch, torch_to_paddle(state, arch, 512, "<demo>"), 512)
-        reference = paddle_embed(model, faces)
+        reference = paddle_forward(model)(faces)
         onnx_via_paddle(model, 512, path)
         del model
     exported = time.perf_counter() - t0
@@ -83,9 +67,9 @@ def round_trip(arch: str, route: str, faces: np.ndarray, folder: Path) -> dict:
     imported_s = time.perf_counter() - t0
     weights = torch_to_paddle(imported.arrays, arch, 512, path)
     if route == "torch":
-        out = torch_embed(arch, paddle_to_torch(weights, arch, 512, path), faces)
+        out = torch_forward(torch_model(arch, paddle_to_torch(weights, arch, 512, path), share=True))(faces)
     else:
-        out = paddle_embed(paddle_model(arch, weights, 512), faces)
+        out = paddle_forward(paddle_model(arch, weights, 512))(faces)
     rel, cos = compare(reference, out)
     size = path.stat().st_size / 2**20
     path.unlink()

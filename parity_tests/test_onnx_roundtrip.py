@@ -41,22 +41,6 @@ def compare(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     return rel, float(cos.min())
 
 
-def torch_embeddings(arch: str, arrays, x: np.ndarray) -> np.ndarray:
-    import torch
-
-    from converters.models import torch_model
-
-    with torch.no_grad():
-        return torch_model(arch, arrays, share=True)(torch.from_numpy(x)).numpy()
-
-
-def paddle_embeddings(model, x: np.ndarray) -> np.ndarray:
-    import paddle
-
-    with paddle.no_grad():
-        return model(paddle.to_tensor(x)).numpy()
-
-
 @pytest.fixture(scope="module")
 def faces(small_lfw) -> np.ndarray:
     return faces_from_bin(small_lfw, 2)
@@ -67,7 +51,8 @@ def faces(small_lfw) -> np.ndarray:
 def test_torch_onnx_paddle_torch(tmp_path, arch, faces):
     from converters.checkpoint import read_torch_checkpoint, write_torch_state_dict
     from converters.demo import demo_state_dict
-    from converters.export import export_onnx
+    from converters.export import export_onnx, torch_forward
+    from converters.models import torch_model
 
     original = demo_state_dict(arch, seed=7)
     src = tmp_path / f"{arch}.pth"
@@ -78,7 +63,8 @@ def test_torch_onnx_paddle_torch(tmp_path, arch, faces):
     assert exit_code(paddle2torch.main, ["--src", pd, "--out", back]) == 0
     restored = read_torch_checkpoint(back).arrays
     assert list(restored) == list(original)
-    rel, cos = compare(torch_embeddings(arch, original, faces), torch_embeddings(arch, restored, faces))
+    before = torch_forward(torch_model(arch, original, share=True))(faces)
+    rel, cos = compare(before, torch_forward(torch_model(arch, restored, share=True))(faces))
     assert rel <= EMBEDDING_REL and cos >= EMBEDDING_COSINE, (rel, cos)
 
 
@@ -87,7 +73,7 @@ def test_torch_onnx_paddle_torch(tmp_path, arch, faces):
 def test_paddle_onnx_paddle(tmp_path, arch, faces):
     from converters.checkpoint import read_paddle_weights, write_paddle_weights
     from converters.demo import demo_state_dict
-    from converters.export import onnx_via_paddle
+    from converters.export import onnx_via_paddle, paddle_forward
     from converters.mapping import torch_to_paddle
     from converters.models import paddle_model
 
@@ -95,7 +81,7 @@ def test_paddle_onnx_paddle(tmp_path, arch, faces):
     src = tmp_path / f"{arch}.pdparams"
     write_paddle_weights(src, weights)
     model = paddle_model(arch, read_paddle_weights(src), 512)
-    before = paddle_embeddings(model, faces)
+    before = paddle_forward(model)(faces)
     onnx_file = onnx_via_paddle(model, 512, tmp_path / f"{arch}.onnx")
     del model
     out = tmp_path / f"{arch}.imported.pdparams"
@@ -109,5 +95,5 @@ def test_paddle_onnx_paddle(tmp_path, arch, faces):
             assert not imported.arrays[key].any()
             continue
         np.testing.assert_array_equal(imported.arrays[key], value, err_msg=key)
-    rel, cos = compare(before, paddle_embeddings(paddle_model(arch, imported, 512), faces))
+    rel, cos = compare(before, paddle_forward(paddle_model(arch, imported, 512))(faces))
     assert rel <= EMBEDDING_REL and cos >= EMBEDDING_COSINE, (rel, cos)
