@@ -540,6 +540,15 @@ class _ViTWalk:
         out, _ = self.linear(x, hidden, d, f"{p}.mlp.fc2", "yes")
         return out, hidden
 
+    def block_residual(self, x: str, users: list, ln_nodes, branch: str, p: str, what: str, norm: str) -> str:
+        """``x + branch`` where ``branch`` hangs off ``norm(x)``: besides the LayerNorm's own nodes, ``x``'s
+        only other user must be that residual Add."""
+        rest = [u for u in users if self.g.index(u) not in ln_nodes]
+        if len(rest) != 1 or self.data_input(rest[0], branch) is None:
+            raise self._fail(rest[0] if rest else self.g.producer(x),
+                             f"expected {p}: only the residual x + {what} besides {norm}")
+        return self.residual(x, branch, p)
+
     def residual(self, x: str, branch: str, p: str) -> str:
         add = self.only_user(branch, ("Add",), f"{p}: the residual Add")
         if self.data_input(add, x) is None or len(add.input) != 2:
@@ -627,21 +636,13 @@ class _ViTWalk:
             self.stages.append((f"{p}.norm1", norm_out))
             a, reshape = self.attention(norm_out, p)
             self.stages.append((f"{p}.attn", a))
-            rest = [u for u in users if self.g.index(u) not in ln_nodes]
-            if len(rest) != 1 or self.data_input(rest[0], a) is None:
-                raise self._fail(rest[0] if rest else self.g.producer(x),
-                                 f"expected {p}: only the residual x + attn(norm1(x)) besides norm1")
-            x = self.residual(x, a, p)
+            x = self.block_residual(x, users, ln_nodes, a, p, "attn(norm1(x))", "norm1")
             users = self.users(x)
             h, ln_nodes = self.layer_norm(x, f"{p}.norm2")
             self.stages.append((f"{p}.norm2", h))
             m, hidden = self.mlp(h, p, hidden)
             self.stages.append((f"{p}.mlp", m))
-            rest = [u for u in users if self.g.index(u) not in ln_nodes]
-            if len(rest) != 1 or self.data_input(rest[0], m) is None:
-                raise self._fail(rest[0] if rest else self.g.producer(x),
-                                 f"expected {p}: only the residual x + mlp(norm2(x)) besides norm2")
-            x = self.residual(x, m, p)
+            x = self.block_residual(x, users, ln_nodes, m, p, "mlp(norm2(x))", "norm2")
             self.stages.append((p, x))
             block_heads = self.shapes[self.canon(reshape.output[0])][3]
             if heads is not None and block_heads != heads:
