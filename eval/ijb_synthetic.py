@@ -342,8 +342,8 @@ def _read_source(path: Path) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
     """Faces (BGR) of one source and pairs of face indices known to show one identity."""
     import cv2
 
+    from converters.folders import IMAGE_SUFFIXES, list_images, read_image_file
     from converters.images import decode_image
-    from train.data.folders import IMAGE_SUFFIXES, list_images, read_image_file
 
     if path.is_file() and path.suffix.lower() == ".bin":
         from converters.binfile import read_bin

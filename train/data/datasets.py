@@ -11,9 +11,9 @@ import numpy as np
 from paddle.io import Dataset
 
 from converters.errors import UserError
+from converters.folders import list_images, read_image_file
 from converters.images import normalize
 
-from .folders import list_images, read_image_file
 from .layout import read_layout
 from .recordio import RecordReader, require_class_id
 from .transforms import TrainTransform

@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from converters.cli import ArgumentParser, non_negative_int, random_seed
 from converters.errors import UserError
+from converters.folders import list_images, read_image_file
 from converters.images import ImageRefused, decode_bgr
 
-from .folders import list_images, read_image_file
 from .layout import atomic_directory, read_layout, write_pack
 from .pack_check import verify_pack
 from .recordio import RecordReader, RecordWriter, class_label, encode_record, require_class_id

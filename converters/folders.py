@@ -1,4 +1,5 @@
-"""Image folders as training sets: arcface_paddle's ``label.txt`` or one sub-folder per class.
+"""Image folders: arcface_paddle's ``label.txt`` or one sub-folder per class (training sets; faces for
+synthetic evaluation data).
 
 ``label.txt`` holds ``<relative path>\\t<class id>`` lines (the last line with or without a newline), paths
 relative to the folder holding it. Without it, every sub-folder is a class, numbered in sorted name order
