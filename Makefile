@@ -14,7 +14,7 @@ STAMP  := .stamp-install
 # opencv-python-headless (both are cv2): it is installed without its dependencies, plus the two it imports
 $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet "$(TORCH)" "$(PADDLE)"
-	$(PIP) install --quiet -e ".[dev,onnx,bench]"
+	$(PIP) install --quiet -e ".[dev,onnx,bench,ijb]"
 	$(PIP) install --quiet --no-deps "paddle2onnx==2.1.0" "insightface==2.1"
 	$(PIP) install --quiet scikit-image requests
 	@touch $(STAMP)

@@ -23,8 +23,11 @@ ZIP_MAGIC = b"PK\x03\x04"
 MAX_HEADER = 10_000  # numpy's own limit for a header it parses without being told otherwise
 
 
-def read_npy(path: str | Path, what: str = "array") -> np.ndarray:
-    """The array in a ``.npy`` file; every problem is a one-line ``UserError`` naming the file."""
+def read_npy(path: str | Path, what: str = "array", mmap: bool = False) -> np.ndarray:
+    """The array in a ``.npy`` file; every problem is a one-line ``UserError`` naming the file.
+
+    With ``mmap`` the checked file is mapped read-only (``np.memmap``) instead of read: for arrays larger
+    than one wants in memory at once, such as a whole test set's features read chunk by chunk."""
     path = Path(path)
     if not path.exists():
         raise UserError(path, "no such file")
@@ -60,6 +63,9 @@ def read_npy(path: str | Path, what: str = "array") -> np.ndarray:
             if declared != present:
                 raise UserError(path, f"its header declares shape {list(shape)} of {dtype} ({declared} bytes) but "
                                 f"the file holds {present} bytes of data (truncated or forged)")
+            if mmap and count:
+                return np.memmap(path, dtype=dtype, mode="r", offset=fh.tell(), shape=tuple(shape),
+                                 order="F" if fortran else "C")
             data = np.fromfile(fh, dtype=dtype, count=count)
     except OSError as err:
         raise UserError(path, f"cannot read: {err.strerror or err}") from None

@@ -27,8 +27,9 @@ KEY_COLUMNS = ("model", "weights", "backend", "known as")
 TAIL_COLUMNS = ("XNorm", "note")
 PUBLISHED = "published"
 HEADER = ("# Verification accuracy (%): mean±std of the 10 fold accuracies, InsightFace's protocol with "
-          "flipped images\n# (eval/verify.py). Rows merge by (model, weights, backend); rows with backend "
-          "'published' come from\n# weights/manifest.json, with measured minus published in parentheses.\n")
+          "flipped images\n# (eval/verify.py); ijbc_1e-4 and the like: IJB-C/IJB-B TAR (%) at that FAR "
+          "(eval/ijb.py). Rows merge by\n# (model, weights, backend); rows with backend 'published' come from "
+          "weights/manifest.json, with measured\n# minus published in parentheses.\n")
 
 
 # ------------------------------------------------------------------------------------------ log lines
@@ -179,7 +180,8 @@ class ResultsTable:
     def _published_rows(self, model: KnownModel, measured: list[dict[str, str]]) -> list[list[str]]:
         rows = []
         for source in model.published:
-            accuracy = source.get("accuracy", {})
+            # verification-pack accuracies and IJB TAR columns (``ijbc_1e-4``: TAR % at FAR 1e-4, eval/ijb.py)
+            accuracy = {**source.get("accuracy", {}), **source.get("ijbc_tar", {}), **source.get("ijbb_tar", {})}
             if not any(d in accuracy for d in self.datasets):
                 continue
             cells = []

@@ -201,7 +201,7 @@ def input_files(args: argparse.Namespace) -> dict[str, list[Path]]:
             "--issame": [args.issame]}
 
 
-def _log_to_stdout() -> None:
+def log_to_stdout() -> None:
     """Progress and results on stdout, stderr kept for the one-line error. The project's ``eval`` loggers
     get their own handler: ``import paddle`` installs a handler on the root logger, which would make
     ``logging.basicConfig`` a no-op and print these lines on stderr in Paddle's format."""
@@ -216,7 +216,7 @@ def _log_to_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _log_to_stdout()
+    log_to_stdout()
     from converters.runtime import quiet_paddle_import
 
     quiet_paddle_import()

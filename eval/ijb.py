@@ -1,0 +1,331 @@
+"""IJB-B / IJB-C 1:1 verification with InsightFace's protocol (arcface_torch's ``eval_ijbc.py``), on a CPU.
+
+    python eval/ijb.py --weights W --data ROOT --target IJBC|IJBB [--arch NAME]
+                       [--backend paddle-inference|paddle|torch|onnx] [--batch-size N] [--threads N]
+                       [--workers N] [--variant N1D1F1] [--cache DIR] [--json OUT.json] [--results results.txt]
+                       [--scores-dir DIR] [--plot roc.png] [--overlay EARLIER.npy ...] [--name NAME]
+    python eval/ijb.py --features F.npy --data ROOT --target IJBC ...
+
+``ROOT`` is InsightFace's layout: ``meta/<t>_face_tid_mid.txt`` (``image template media``),
+``meta/<t>_template_pair_label.txt`` (``template template label``), ``meta/<t>_name_5pts_score.txt``
+(``image x1 y1 ... x5 y5 faceness``, in the same image order) and ``loose_crop/<image>``.
+
+Each face is aligned with its five landmarks onto the ArcFace template (similarity transform, border 0) in
+worker processes, embedded with its mirror image, and turned into an image feature as the variant says:
+``N1D1F1`` (the default and InsightFace's published setting) sums the two raw outputs (F1), keeps their
+norm (N1) and multiplies by the detector score (D1); ``N0`` L2-normalises each image, ``D0`` ignores the
+score, ``F0`` uses the face alone. A template is the sum over its medias of the mean image feature of each
+media, L2-normalised; a pair's score is the dot product of its two templates. TAR is read off
+``sklearn.metrics.roc_curve`` at the ROC point whose FAR is nearest each of 1e-6 ... 1e-1.
+
+``--features`` replaces the model: raw per-image features in ``face_tid_mid`` order, ``[N, 2, D]`` (face,
+mirror) or ``[N, D]`` already flip-summed; ``--cache DIR`` writes exactly such a ``features.npy`` and lets a
+killed run resume. Exit codes: 0 done, 2 a problem with an input (one line naming the file and line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+# Run as a file, sys.path[0] is this folder, whose modules would shadow others even when the project is
+# installed (train/train.py would be imported as `train`); the project root goes there instead, which also
+# lets a plain clone run without installing.
+if __package__ in (None, ""):
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import architectures  # noqa: E402
+from converters.cli import ArgumentParser, int_range, thread_count  # noqa: E402
+from converters.errors import UserError, run_cli  # noqa: E402
+from eval.backends import BACKENDS, DEVICES  # noqa: E402
+
+TARGETS = ("IJBC", "IJBB")
+DEFAULT_BATCH = 32  # faces per forward pass (each with its mirror: 64 rows)
+RESULT_FARS = ("1e-4", "1e-5")  # the columns results.txt gets, as InsightFace's tables publish them
+log = logging.getLogger("eval.ijb")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = ArgumentParser(prog="ijb.py", description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=Path, required=True, help="the IJB root folder (meta/ and loose_crop/)")
+    data.add_argument("--target", type=str.upper, choices=TARGETS, default="IJBC", help="default IJBC")
+    data.add_argument("--variant", default="N1D1F1",
+                      help="N(orm score) D(etector score) F(lip) switches, 0 or 1 each (default N1D1F1)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--weights", type=Path, help=".pdparams, .pth/.pt or .onnx")
+    model.add_argument("--arch", choices=architectures.names(), help="expected architecture (default: detected)")
+    model.add_argument("--backend", choices=BACKENDS, help="default paddle-inference (onnx for an .onnx file)")
+    model.add_argument("--batch-size", type=int_range(1, 2048), default=DEFAULT_BATCH,
+                       help=f"faces per forward pass, each with its mirror (default {DEFAULT_BATCH})")
+    model.add_argument("--threads", type=thread_count, default=None, help="model threads (default: all cores)")
+    model.add_argument("--workers", type=int_range(0, 256), default=None,
+                       help="decode-and-align processes (default: half the cores, at least 1; 0: none)")
+    model.add_argument("--device", choices=DEVICES, default="cpu", help="default cpu")
+    model.add_argument("--cache", type=Path, help="resumable feature cache folder (also holds the exported model)")
+    model.add_argument("--features", type=Path,
+                       help="F.npy: raw features instead of a model, [N, 2, D] or [N, D] in face_tid_mid order")
+    out = parser.add_argument_group("output")
+    out.add_argument("--name", help="the run's name in tables and plots (default: the weights' file stem)")
+    out.add_argument("--json", type=Path, help="write the TAR table and counts as JSON")
+    out.add_argument("--results", type=Path, help="merge a row into this results table (e.g. results.txt)")
+    out.add_argument("--published", metavar="NAME", help="the weights are this manifest model")
+    out.add_argument("--scores-dir", type=Path, help="save the pair scores as <name>_<target>.npy here")
+    out.add_argument("--plot", type=Path, help="ROC curve PNG (log-scale FAR)")
+    out.add_argument("--overlay", type=Path, nargs="+", default=[],
+                     help="earlier runs' saved scores (.npy) drawn in the same --plot")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if (args.weights is None) == (args.features is None):
+        parser.error("give either --weights or --features")
+    if args.overlay and args.plot is None:
+        parser.error("--overlay needs --plot")
+    if args.features is not None and args.cache is not None:
+        parser.error("--cache stores a model's features; with --features there is nothing to cache")
+    return args
+
+
+def run_name(args: argparse.Namespace) -> str:
+    if args.name:
+        return args.name.replace("/", "_")
+    return (args.weights or args.features).stem
+
+
+def load_features(path: Path, layout, variant, chunk: int = 32768):
+    """``--features`` as image features. The file is checked by the safe ``.npy`` reader, then read chunk by
+    chunk with plain reads (no mapping left resident): peak memory is the ``[N, D]`` result plus one chunk."""
+    import numpy as np
+
+    from converters.npy import read_npy
+    from eval.ijb_protocol import image_features
+
+    mapped = read_npy(path, "[N, 2, D] or [N, D] features", mmap=True)
+    shape, dtype, offset = mapped.shape, mapped.dtype, getattr(mapped, "offset", 0)
+    fortran = not mapped.flags.c_contiguous and mapped.ndim > 1
+    del mapped
+    n = len(layout.names)
+    if dtype.kind != "f" or len(shape) not in (2, 3) or (len(shape) == 3 and shape[1] != 2):
+        raise UserError(path, f"expected float features [N, 2, D] or [N, D], found {dtype} {list(shape)}")
+    if fortran:
+        raise UserError(path, "is stored in Fortran order; save the features with np.save of a C-ordered array")
+    if shape[0] != n:
+        raise UserError(path, f"{shape[0]} rows, but {layout.paths.face_tid_mid} lists {n} images")
+    if len(shape) == 2 and not variant.flip:
+        raise UserError(path, f"[N, D] features are already flip-summed; --variant {variant.name} needs [N, 2, D]")
+    row = int(np.prod(shape[1:]))
+    feats = None
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        for start in range(0, n, chunk):
+            count = min(chunk, n - start)
+            raw = np.fromfile(fh, dtype=dtype, count=count * row)
+            if raw.size != count * row:
+                raise UserError(path, "truncated while reading")
+            # float32 like InsightFace's feature buffer, whatever the file holds
+            raw = raw.reshape(count, *shape[1:]).astype(np.float32, copy=False)
+            if not np.isfinite(raw).all():
+                bad = start + int(np.flatnonzero(~np.isfinite(raw.reshape(count, -1)).all(axis=1))[0])
+                raise UserError(path, f"row {bad} (image {layout.names[bad]}) is not finite")
+            try:
+                part = image_features(raw, layout.faceness[start:start + count], variant)
+            except ValueError as err:
+                raise UserError(path, str(err)) from None
+            if feats is None:
+                feats = np.empty((n, part.shape[1]), np.float32)
+            feats[start:start + count] = part
+    return feats
+
+
+def model_features(args: argparse.Namespace, layout, variant):
+    """Embed every face of the layout with the model (workers decode and align); ``(feats, source, backend,
+    stats)``."""
+    from converters.checkpoint import sha256_file
+    from converters.runtime import set_threads
+    from eval.backends import make_embedder
+    from eval.ijb_extract import FeatureCache, extract_features
+    from eval.sources import load_weights
+
+    threads = set_threads(args.threads, torch=False)
+    source = load_weights(args.weights, args.arch)
+    backend = args.backend or ("onnx" if source.kind == "onnx" else "paddle-inference")
+    export_dir = args.cache / "model" if args.cache else None
+    embedder = make_embedder(source, backend, threads, args.device, export_dir)
+    workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) // 2)
+    log.info("%s: %s, sha256 %s...; backend %s, %d threads, %d decode workers, batch %d faces", args.weights,
+             source.label, source.sha256[:16], backend, threads, workers, args.batch_size)
+    source.release()
+    cache = None
+    if args.cache:
+        key = {"weights_sha256": source.sha256, "backend": backend, "device": args.device, "target": args.target,
+               "landmarks_sha256": sha256_file(layout.paths.name_5pts_score)}
+        cache = FeatureCache(args.cache, key, len(layout.names))
+    feats, stats = extract_features(layout, embedder, variant, args.batch_size, workers, cache,
+                                    progress=not args.no_progress)
+    for note in stats.notes:
+        log.info(note)
+    if stats.images:
+        log.info("embedded %d faces in %.1f s: model %.1f faces/s (with mirrors), decode+align %.0f images/s "
+                 "(%d workers)", stats.images, stats.wall_seconds, stats.model_rate, stats.align_rate, workers)
+    return feats, source, backend, stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from eval.verify import log_to_stdout
+
+    log_to_stdout()
+    from converters.runtime import quiet_paddle_import
+
+    quiet_paddle_import()
+    import numpy as np
+
+    from converters.outputs import check_outputs
+    from eval.ijb_layout import read_layout
+    from eval.ijb_protocol import (
+        FARS,
+        aggregate_templates,
+        format_table,
+        pair_scores,
+        parse_variant,
+        tar_at_far,
+    )
+    from eval.results import read_results
+
+    try:
+        variant = parse_variant(args.variant)
+    except ValueError as err:
+        raise UserError(None, f"--variant: {err}") from None
+    name = run_name(args)
+    scores_path = args.scores_dir / f"{name}_{args.target.lower()}.npy" if args.scores_dir else None
+    inputs = {"--weights": [args.weights], "--features": [args.features], "--overlay": args.overlay}
+    check_outputs(inputs, {"--json": args.json, "--results": args.results, "--plot": args.plot,
+                           "--scores-dir": scores_path})
+    table = read_results(args.results) if args.results else None  # a bad results file fails before the work
+    overlays = [(p.stem, _read_scores(p)) for p in args.overlay]
+
+    t0 = time.perf_counter()
+    layout = read_layout(args.data, args.target, images=args.features is None)
+    log.info("%s: %d images, %d templates, %d pairs (%d genuine), read in %.1f s", args.data, len(layout.names),
+             len(np.unique(layout.templates)), len(layout.labels), int(layout.labels.sum()),
+             time.perf_counter() - t0)
+    for label, s in overlays:
+        if len(s) != len(layout.labels):
+            raise UserError(label, f"{len(s)} scores, but the layout has {len(layout.labels)} pairs")
+    source = backend = None
+    if args.features is not None:
+        t0 = time.perf_counter()
+        feats = load_features(args.features, layout, variant)
+        log.info("%s: %d x %d image features (%s) in %.1f s", args.features, *feats.shape, variant.name,
+                 time.perf_counter() - t0)
+    else:
+        feats, source, backend, _ = model_features(args, layout, variant)
+
+    t0 = time.perf_counter()
+    template_feats, unique_templates = aggregate_templates(feats, layout.templates, layout.medias)
+    del feats
+    try:
+        scores = pair_scores(template_feats, unique_templates, layout.p1, layout.p2)
+    except ValueError as err:
+        raise UserError(layout.paths.template_pair_label, str(err)) from None
+    del template_feats
+    tars = tar_at_far(layout.labels, scores)
+    log.info("templates, scores and TAR table in %.1f s", time.perf_counter() - t0)
+    print(format_table({name: tars}, args.target), flush=True)
+
+    result = {"target": args.target, "variant": variant.name, "images": len(layout.names),
+              "templates": len(unique_templates), "pairs": len(layout.labels),
+              "genuine_pairs": int(layout.labels.sum()),
+              "tar_at_far": {f"{far:.0e}": float(tars[far]) for far in FARS},
+              "weights": str(args.weights or args.features),
+              "backend": backend or "precomputed", "arch": source.arch if source else None}
+    if scores_path is not None:
+        _save_scores(scores_path, scores)
+    if args.plot:
+        _plot(args.plot, layout.labels, [(name, scores), *overlays], args.target)
+        log.info("wrote %s", args.plot)
+    if args.json:
+        from converters.outputs import atomic_output
+
+        with atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=1) + "\n")
+        log.info("wrote %s", args.json)
+    if table is not None:
+        _add_row(table, args, source, backend, variant, tars)
+        table.write(args.results)
+        log.info("wrote %s", args.results)
+    return 0
+
+
+def _read_scores(path: Path):
+    from converters.npy import read_npy
+
+    s = read_npy(path, "[P] pair scores")
+    if s.ndim != 1 or s.dtype.kind != "f":
+        raise UserError(path, f"expected [P] float scores, found {s.dtype} {list(s.shape)}")
+    return s
+
+
+def _save_scores(path: Path, scores) -> None:
+    import numpy as np
+
+    from converters.outputs import atomic_output
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, scores)
+    log.info("wrote %s", path)
+
+
+def _plot(path: Path, labels, runs, target: str) -> None:
+    """ROC curves, log-scale FAR from 1e-6 to 1e-1, one curve per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from converters.outputs import atomic_output
+    from eval.ijb_protocol import FARS, roc
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for label, scores in runs:
+        fpr, tpr = roc(labels, scores)
+        ax.plot(fpr, tpr, lw=1.2, label=label)
+    ax.set_xscale("log")
+    ax.set_xlim(FARS[0], FARS[-1])
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xticks(FARS)
+    ax.grid(linestyle="--", linewidth=0.6)
+    ax.set_xlabel("False accept rate")
+    ax.set_ylabel("True accept rate")
+    ax.set_title(f"ROC on {target} (1:1 verification)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _add_row(table, args, source, backend, variant, tars) -> None:
+    """A row keyed like eval/verify.py's, cells TAR (%) at the FARs InsightFace publishes."""
+    from eval.results import find_known
+
+    if source is not None:
+        known = find_known(args.weights, source.sha256, source.arch, source.meta.get("source_sha256"),
+                           args.published)
+        key = (source.label, str(args.weights), backend, known.name if known else "")
+    else:
+        known = find_known(args.features, "", None, None, args.published) if args.published else None
+        key = ("features", str(args.features), "precomputed", known.name if known else "")
+    suffix = "" if variant.name == "N1D1F1" else f" {variant.name}"
+    cells = {f"{args.target.lower()}_{far}{suffix}": f"{100 * tars[float(far)]:.2f}" for far in RESULT_FARS}
+    table.add(key, cells, {}, "")
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main())

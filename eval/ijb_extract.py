@@ -1,0 +1,313 @@
+"""IJB image features: decode and align in worker processes, embed each face with its mirror, keep only features.
+
+The loose crops are read, decoded (``converters.images``: header checked before decoding) and aligned onto
+the ArcFace template (``eval.align``) by a pool of worker processes, a bounded number of chunks ahead of the
+model, so decoding runs beside the forward passes. The main process embeds each aligned face and its
+horizontal mirror in one batch and turns the two raw outputs into the image's feature at once
+(``ijb_protocol.image_features``: flip sum, norm and detector-score handling of the chosen variant). Only
+the ``[N, D]`` float32 image features stay in memory, plus the chunks in flight.
+
+``FeatureCache`` (``--cache DIR``) makes a long run resumable: the raw ``[N, 2, D]`` outputs (face, mirror)
+are appended to ``DIR/features.partial.npy`` and the count of images done is committed after each
+``fsync``; a killed run restarts at the last committed image. When every image is done the file becomes
+``DIR/features.npy``, which ``eval/ijb.py --features`` reads directly (same row order as
+``<t>_face_tid_mid.txt``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from converters.errors import UserError
+
+from .align import CROP_SIZE, align_face
+
+if TYPE_CHECKING:
+    from .backends import Embedder
+    from .ijb_layout import IjbLayout
+    from .ijb_protocol import Variant
+
+CACHE_FORMAT = 1
+COMMIT_SECONDS = 20.0  # how often the cache commits the images done (a killed run loses at most this much)
+
+
+# ------------------------------------------------------------------------------------- worker processes
+def align_chunk(task: tuple[int, list[str], np.ndarray]) -> tuple[int, np.ndarray, float]:
+    """Decode and align one chunk of images (runs in a worker): ``(start, [n, 112, 112, 3] RGB uint8,
+    seconds spent)``. A file that cannot be read or decoded is a ``UserError`` naming it."""
+    from converters.images import decode_image
+
+    start, paths, landmarks = task
+    t0 = time.perf_counter()
+    out = np.empty((len(paths), CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    for i, path in enumerate(paths):
+        try:
+            data = Path(path).read_bytes()
+        except OSError as err:
+            raise UserError(path, f"cannot read the image: {err.strerror or err}") from None
+        bgr = decode_image(data, path, "")
+        out[i] = align_face(bgr, landmarks[i])
+    return start, out, time.perf_counter() - t0
+
+
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would only contend
+
+
+class AlignPool:
+    """``workers`` processes (0: in this process) that decode and align chunks, at most ``ahead`` chunks in
+    flight so that memory stays bounded whatever the model's speed."""
+
+    def __init__(self, workers: int, ahead: int | None = None):
+        self.workers = workers
+        self.ahead = ahead or 2 * max(1, workers)
+        self.pool: Any = None
+
+    def __enter__(self) -> AlignPool:
+        if self.workers > 0:
+            import multiprocessing
+
+            # spawn: the parent has Paddle (and its threads) loaded, which a forked child must not inherit
+            self.pool = multiprocessing.get_context("spawn").Pool(self.workers, initializer=_worker_init)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+    def run(self, tasks: Iterator[tuple[int, list[str], np.ndarray]]) -> Iterator[tuple[int, np.ndarray, float]]:
+        if self.pool is None:
+            yield from map(align_chunk, tasks)
+            return
+        pending: collections.deque = collections.deque()
+        for task in tasks:
+            pending.append(self.pool.apply_async(align_chunk, (task,)))
+            if len(pending) >= self.ahead:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+# ------------------------------------------------------------------------------------------- the cache
+class FeatureCache:
+    """Raw ``[N, 2, D]`` float32 outputs on disk, resumable; ``key`` says what produced them."""
+
+    def __init__(self, folder: str | Path, key: dict[str, Any], images: int):
+        from converters.outputs import OutputLock
+
+        self.folder = Path(folder)
+        self.key = {"format": CACHE_FORMAT, **key, "images": images}
+        self.images = images
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UserError(self.folder, "is a file; --cache takes a folder")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(self.folder, f"cannot create the cache folder: {err.strerror or err}") from None
+        self.lock = OutputLock(self.folder, option="--cache").acquire()
+        self.progress_path = self.folder / "progress.json"
+        self.partial = self.folder / "features.partial.npy"
+        self.complete = self.folder / "features.npy"
+        self.done, self.dim = self._read_progress()
+        self.fh: Any = None
+        self.offset = 0
+        self.done_written = self.done
+        self.last_commit = time.monotonic()
+
+    def _read_progress(self) -> tuple[int, int | None]:
+        if not self.progress_path.exists():
+            return 0, None
+        try:
+            progress = json.loads(self.progress_path.read_text())
+            key, done, dim = progress["key"], int(progress["done"]), progress["dim"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(self.progress_path, f"not a feature cache this tool wrote ({type(err).__name__}); "
+                            "delete the folder or give another --cache") from None
+        if key != self.key:
+            differ = sorted(k for k in set(key) | set(self.key) if key.get(k) != self.key.get(k))
+            raise UserError(self.folder, f"holds the features of another run (different {', '.join(differ)}); "
+                            "give another --cache folder or delete this one")
+        data = self.complete if done == self.images else self.partial
+        if not data.is_file() or not 0 <= done <= self.images:
+            raise UserError(self.progress_path, f"says {done} images are done but {data.name} is missing; "
+                            "delete the folder or give another --cache")
+        return done, int(dim)
+
+    def read_done(self, chunk: int = 16384) -> Iterator[tuple[int, np.ndarray]]:
+        """The committed raw outputs, ``(start, [n, 2, D])`` chunk by chunk."""
+        if not self.done:
+            return
+        from converters.npy import read_npy
+
+        data = self.complete if self.done == self.images else self.partial
+        raw = read_npy(data, "cached [N, 2, D] features", mmap=True)
+        if raw.shape != (self.images, 2, self.dim) or raw.dtype != np.float32:
+            raise UserError(data, f"holds {raw.dtype} {list(raw.shape)}, expected float32 "
+                            f"{[self.images, 2, self.dim]}; delete the cache folder")
+        for start in range(0, self.done, chunk):
+            yield start, np.array(raw[start:min(self.done, start + chunk)])
+        del raw
+
+    def append(self, start: int, raw: np.ndarray) -> None:
+        """Write rows ``start:start+len(raw)`` (``start`` must be the next row); commit every so often."""
+        if self.fh is None:
+            self._open(raw.shape[2])
+        if start != self.done_written:
+            raise RuntimeError(f"cache rows out of order: {start} after {self.done_written}")
+        self.fh.seek(self.offset + start * 2 * self.dim * 4)
+        self.fh.write(np.ascontiguousarray(raw, np.float32).tobytes())
+        self.done_written = start + len(raw)
+        if time.monotonic() - self.last_commit > COMMIT_SECONDS or self.done_written == self.images:
+            self.commit()
+
+    def _open(self, dim: int) -> None:
+        from converters.npy import read_npy
+
+        if self.dim is not None and dim != self.dim:
+            raise UserError(self.folder, f"holds {self.dim}-d features but the model gives {dim}-d ones")
+        self.dim = dim
+        if not self.partial.exists():
+            created = np.lib.format.open_memmap(self.partial, mode="w+", dtype=np.float32,
+                                                shape=(self.images, 2, dim))
+            del created
+        mapped = read_npy(self.partial, "cached [N, 2, D] features", mmap=True)
+        if mapped.shape != (self.images, 2, dim) or mapped.dtype != np.float32:
+            raise UserError(self.partial, f"holds {mapped.dtype} {list(mapped.shape)}, expected float32 "
+                            f"{[self.images, 2, dim]}; delete the cache folder")
+        self.offset = mapped.offset
+        del mapped
+        self.fh = open(self.partial, "r+b")  # noqa: SIM115 (closed in commit() or close())
+        self.done_written = self.done
+
+    def commit(self) -> None:
+        """Make the rows written so far durable, then record them as done (atomically)."""
+        from converters.outputs import atomic_output
+
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.done = self.done_written
+        if self.done == self.images:
+            self.fh.close()
+            self.fh = None
+            os.replace(self.partial, self.complete)
+        with atomic_output(self.progress_path) as tmp:
+            tmp.write_text(json.dumps({"key": self.key, "done": self.done, "dim": self.dim}, indent=1))
+        self.last_commit = time.monotonic()
+
+    def close(self) -> None:
+        if self.fh is not None:
+            with contextlib.suppress(OSError, ValueError):
+                if self.done_written > self.done:
+                    self.commit()
+            if self.fh is not None:
+                self.fh.close()
+                self.fh = None
+        self.lock.release()
+
+
+# -------------------------------------------------------------------------------------------- extraction
+@dataclass
+class ExtractStats:
+    images: int = 0  # embedded in this run
+    cached: int = 0  # read back from the cache
+    align_seconds: float = 0.0  # summed over the workers
+    model_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    workers: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def align_rate(self) -> float:
+        """Images decoded and aligned per second, all workers together."""
+        per_worker = self.images / self.align_seconds if self.align_seconds else float("nan")
+        return per_worker * max(1, self.workers)
+
+    @property
+    def model_rate(self) -> float:
+        """Faces embedded per second (each with its mirror)."""
+        return self.images / self.model_seconds if self.model_seconds else float("nan")
+
+
+def embed_faces(embedder: Embedder, crops: np.ndarray, batch_size: int) -> np.ndarray:
+    """Raw outputs ``[n, 2, D]`` of aligned RGB faces ``[n, 112, 112, 3]`` and their mirrors, ``batch_size``
+    faces (``2 * batch_size`` rows: each face next to its mirror) per forward pass."""
+    from converters.images import normalize
+
+    out = []
+    for start in range(0, len(crops), batch_size):
+        faces = crops[start:start + batch_size]
+        both = np.stack([faces, faces[:, :, ::-1]], axis=1).reshape(-1, *faces.shape[1:])
+        emb = embedder(normalize(both))
+        out.append(emb.reshape(len(faces), 2, -1))
+    return np.concatenate(out) if len(out) > 1 else out[0]
+
+
+def extract_features(layout: IjbLayout, embedder: Embedder, variant: Variant, batch_size: int, workers: int,
+                     cache: FeatureCache | None = None, progress: bool = True,
+                     chunk: int | None = None) -> tuple[np.ndarray, ExtractStats]:
+    """The ``[N, D]`` float32 image features of ``layout`` under ``variant``, with timing statistics."""
+    from tqdm import tqdm
+
+    from .ijb_protocol import image_features
+
+    n = len(layout.names)
+    chunk = chunk or 2 * batch_size  # faces per worker task
+    stats = ExtractStats(workers=workers)
+    t_start = time.perf_counter()
+    feats: np.ndarray | None = None
+
+    def store(start: int, raw: np.ndarray) -> None:
+        nonlocal feats
+        part = image_features(raw, layout.faceness[start:start + len(raw)], variant)
+        if feats is None:
+            feats = np.empty((n, part.shape[1]), np.float32)
+        feats[start:start + len(raw)] = part
+
+    first = 0
+    if cache is not None:
+        for start, raw in cache.read_done():
+            store(start, raw)
+        first = stats.cached = cache.done
+        if first:
+            stats.notes.append(f"{first} of {n} images read from the cache {cache.folder}")
+    crop_dir = layout.paths.loose_crop
+
+    def tasks() -> Iterator[tuple[int, list[str], np.ndarray]]:
+        for start in range(first, n, chunk):
+            stop = min(n, start + chunk)
+            yield start, [str(crop_dir / name) for name in layout.names[start:stop]], layout.landmarks[start:stop]
+
+    bar = tqdm(total=n, initial=first, unit="img", desc="IJB features", disable=not progress, leave=False,
+               dynamic_ncols=True)
+    try:
+        with AlignPool(workers) as pool:
+            for start, crops, seconds in pool.run(tasks()):
+                stats.align_seconds += seconds
+                t0 = time.perf_counter()
+                raw = embed_faces(embedder, crops, batch_size)
+                stats.model_seconds += time.perf_counter() - t0
+                if cache is not None:
+                    cache.append(start, raw)
+                store(start, raw)
+                stats.images += len(crops)
+                bar.update(len(crops))
+    finally:
+        bar.close()
+        if cache is not None:
+            cache.close()
+    stats.wall_seconds = time.perf_counter() - t_start
+    if feats is None:  # no image at all: the layout reader refuses that, kept for safety
+        raise UserError(layout.root, "no images to embed")
+    return feats, stats
