@@ -36,17 +36,19 @@ def metrics(output: Path) -> list[dict]:
     return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_tiny_rec_30_steps_lowers_the_loss_and_writes_every_artefact(tmp_path, small_dataset_rec):
+def test_tiny_rec_lowers_the_loss_and_writes_every_artefact(tmp_path, small_dataset_rec):
+    # six r18 steps on the 10 faces (a Paddle dygraph CPU step takes ~7 s here): the loss falls from ~34 to
+    # a few units within them (measured: 34.2, 8.6, 8.5, 0.6, 4.1, 0.004)
     out = tmp_path / "run"
-    proc = train("tiny_rec", "--output", out, "--max-steps", 30)
+    proc = train("tiny_rec", "--output", out, "--max-steps", 6)
     rows = metrics(out)
-    assert [r["step"] for r in rows] == list(range(1, 31))
+    assert [r["step"] for r in rows] == list(range(1, 7))
     losses = np.array([r["loss"] for r in rows])
-    assert losses[-5:].mean() < 0.5 * losses[:5].mean(), losses
+    assert losses[-3:].mean() < 0.5 * losses[:3].mean(), losses
     assert all(set(r) >= {"step", "epoch", "loss", "lr", "samples_per_sec", "grad_norm", "grad_scale"} for r in rows)
     assert rows[0]["lr"] == 0.02 and rows[-1]["lr"] < rows[0]["lr"]
     # InsightFace's log line every `frequent` steps
-    assert "Speed " in proc.stdout and "samples/sec   Loss " in proc.stdout and "Global Step: 30" in proc.stdout
+    assert "Speed " in proc.stdout and "samples/sec   Loss " in proc.stdout and "Global Step: 5" in proc.stdout
     for name in ("checkpoint_rank0.pdckpt", "model.pdparams", "model.pt", "config.json", "training.log"):
         assert (out / name).is_file(), name
 
@@ -56,7 +58,7 @@ def test_tiny_rec_30_steps_lowers_the_loss_and_writes_every_artefact(tmp_path, s
 
     state = torch.load(out / "model.pt", weights_only=True)
     torch_reference.get_model("r18").load_state_dict(state, strict=True)  # InsightFace's layout
-    assert int(state["layer1.0.bn1.num_batches_tracked"]) == 30
+    assert int(state["layer1.0.bn1.num_batches_tracked"]) == 6
     assert torch.equal(state["features.weight"], torch.ones(512))  # frozen through training
     weights = read_paddle_weights(out / "model.pdparams")
     np.testing.assert_array_equal(weights.arrays["fc.weight"], state["fc.weight"].numpy().T)
