@@ -41,10 +41,11 @@ parity: $(STAMP)
 
 # the architectures above 200 M weights (r2060, vit_l_dp005_mask_005, vit_h) through both converters with
 # per-layer parity at batch 2 and a bit-identical round trip, and the ONNX round trips of the sizes above
-# 25 M weights, and the forward parity of r100, r200, vit_s and vit_b; skipped by `make test` and `make parity`
+# 25 M weights, the forward parity of r100, r200, vit_s and vit_b, and a converted r50 on every evaluation backend;
+# skipped by `make test` and `make parity`
 parity-large: $(STAMP)
 	ARCFACE_PARITY_LARGE=1 $(PYTHON) -m pytest -q -s parity_tests/test_large.py parity_tests/test_onnx_roundtrip.py \
-		parity_tests/test_forward_parity.py
+		parity_tests/test_forward_parity.py eval/tests/test_backends.py
 
 bench: $(STAMP)
 	$(PYTHON) bench/convert.py

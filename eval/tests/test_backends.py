@@ -11,6 +11,7 @@ from eval.backends import BACKENDS, make_embedder
 from eval.protocol import decisions_differ, evaluate_flip
 from eval.sources import load_weights
 from eval.stream import embed_pack
+from parity_tests.archs import LARGE_ENABLED
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -50,6 +51,8 @@ def test_an_onnx_model_runs_only_on_the_onnx_backend(r18_files):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not LARGE_ENABLED, reason="r50 on every backend runs under `make parity-large` (r18 above "
+                    "checks the same in `make test`)")
 def test_converted_r50_gives_the_same_fold_accuracies_with_every_backend(small_lfw, tmp_path):
     """Converted weights on paddle-inference and paddle, the original on torch, and an
     InsightFace-style ONNX export of the original on onnxruntime agree pair for pair."""
