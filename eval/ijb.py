@@ -2,7 +2,7 @@
 
     python eval/ijb.py --weights W --data ROOT --target IJBC|IJBB [--arch NAME]
                        [--backend paddle-inference|paddle|torch|onnx] [--batch-size N] [--threads N]
-                       [--workers N] [--variant N1D1F1] [--cache DIR] [--json OUT.json] [--results results.txt]
+                       [--workers N] [--variant N1D1F1] [--cache DIR] [--cache-dir DIR] [--json OUT.json] [--results results.txt]
                        [--scores-dir DIR] [--plot roc.png] [--overlay EARLIER.npy ...] [--name NAME]
     python eval/ijb.py --features F.npy --data ROOT --target IJBC ...
 
@@ -68,7 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--workers", type=int_range(0, 256), default=None,
                        help="decode-and-align processes (default: half the cores, at least 1; 0: none)")
     model.add_argument("--device", choices=DEVICES, default="cpu", help="default cpu")
-    model.add_argument("--cache", type=Path, help="resumable feature cache folder (also holds the exported model)")
+    model.add_argument("--cache", type=Path, help="resumable feature cache folder")
+    model.add_argument("--cache-dir", type=Path, help="where exported Paddle Inference / ONNX models are cached "
+                       "(default: a private folder under the system temp dir)")
     model.add_argument("--features", type=Path,
                        help="F.npy: raw features instead of a model, [N, 2, D] or [N, D] in face_tid_mid order")
     out = parser.add_argument_group("output")
@@ -154,8 +156,7 @@ def model_features(args: argparse.Namespace, layout, variant):
     threads = set_threads(args.threads, torch=False)
     source = load_weights(args.weights, args.arch)
     backend = args.backend or ("onnx" if source.kind == "onnx" else "paddle-inference")
-    export_dir = args.cache / "model" if args.cache else None
-    embedder = make_embedder(source, backend, threads, args.device, export_dir)
+    embedder = make_embedder(source, backend, threads, args.device, args.cache_dir)
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) // 2)
     log.info("%s: %s, sha256 %s...; backend %s, %d threads, %d decode workers, batch %d faces", args.weights,
              source.label, source.sha256[:16], backend, threads, workers, args.batch_size)

@@ -45,7 +45,7 @@ def test_two_backends_give_identical_tables_and_every_output(faces_layout, r18_f
     for backend in ("paddle-inference", "torch"):
         out_json = tmp_path / f"{backend}.json"
         assert main(["--weights", str(r18_files["pdparams"]), "--data", str(faces_layout), "--target", "IJBC",
-                     "--backend", backend, "--name", backend, "--batch-size", "8", "--threads", "2",
+                     "--backend", backend, "--name", backend, "--cache-dir", str(r18_files["cache"]), "--batch-size", "8", "--threads", "2",
                      "--workers", "1", "--no-progress", "--json", str(out_json), "--results", str(results),
                      "--scores-dir", str(scores_dir), "--plot", str(plot),
                      *(["--overlay", str(scores_dir / "paddle-inference_ijbc.npy")] if backend == "torch" else [])
@@ -104,15 +104,15 @@ def test_cache_resumes_where_a_stopped_run_ended(faces_layout, r18_files, tmp_pa
     from eval import backends
 
     monkeypatch.setattr(extract, "COMMIT_SECONDS", 0.0)  # commit after every chunk (16 faces at batch 8)
-    common = ["--weights", str(r18_files["pdparams"]), "--data", str(faces_layout), "--backend", "paddle",
-              "--batch-size", "8", "--workers", "0", "--no-progress"]
+    common = ["--weights", str(r18_files["pdparams"]), "--data", str(faces_layout), "--backend", "paddle-inference",
+              "--cache-dir", str(r18_files["cache"]), "--batch-size", "8", "--workers", "0", "--no-progress"]
     assert main([*common, "--cache", str(tmp_path / "straight")]) == 0
     straight = np.load(tmp_path / "straight" / "features.npy")
     assert straight.shape == (40, 2, 512) and straight.dtype == np.float32
     assert not (tmp_path / "straight" / "features.partial.npy").exists()
 
     rows = []
-    forward = backends.PaddleEmbedder.__call__
+    forward = backends.PaddleInferenceEmbedder.__call__
 
     def stopping(self, batch):  # the third forward pass fails, as if the run were killed there
         if len(rows) == 2:
@@ -120,14 +120,14 @@ def test_cache_resumes_where_a_stopped_run_ended(faces_layout, r18_files, tmp_pa
         rows.append(len(batch))
         return forward(self, batch)
 
-    monkeypatch.setattr(backends.PaddleEmbedder, "__call__", stopping)
+    monkeypatch.setattr(backends.PaddleInferenceEmbedder, "__call__", stopping)
     with pytest.raises(KeyboardInterrupt):
         main([*common, "--cache", str(tmp_path / "split")])
     progress = json.loads((tmp_path / "split" / "progress.json").read_text())
     assert progress["done"] == 16 and (tmp_path / "split" / "features.partial.npy").is_file()
 
     rows.clear()
-    monkeypatch.setattr(backends.PaddleEmbedder, "__call__", lambda self, batch: (rows.append(len(batch)),
+    monkeypatch.setattr(backends.PaddleInferenceEmbedder, "__call__", lambda self, batch: (rows.append(len(batch)),
                                                                                  forward(self, batch))[1])
     assert main([*common, "--cache", str(tmp_path / "split")]) == 0
     assert sum(rows) == 2 * (40 - 16)  # only the faces not yet cached, each with its mirror
