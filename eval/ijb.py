@@ -29,6 +29,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -171,8 +172,9 @@ def model_features(args: argparse.Namespace, layout, variant):
     for note in stats.notes:
         log.info(note)
     if stats.images:
-        log.info("embedded %d faces in %.1f s: model %.1f faces/s (with mirrors), decode+align %.0f images/s "
-                 "(%d workers)", stats.images, stats.wall_seconds, stats.model_rate, stats.align_rate, workers)
+        log.info("embedded %d faces in %.1f s: model %.1f faces/s (each with its mirror), decode + align %.0f "
+                 "images/s (%d worker%s)", stats.images, stats.wall_seconds, stats.model_rate, stats.align_rate,
+                 workers, "" if workers == 1 else "s")
     return feats, source, backend, stats
 
 
@@ -208,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     check_outputs(inputs, {"--json": args.json, "--results": args.results, "--plot": args.plot,
                            "--scores-dir": scores_path})
     table = read_results(args.results) if args.results else None  # a bad results file fails before the work
-    overlays = [(p.stem, _read_scores(p)) for p in args.overlay]
+    # saved as <name>_<target>.npy: labelled <name>
+    overlays = [(re.sub(r"_ijb[bc]$", "", p.stem), _read_scores(p)) for p in args.overlay]
 
     t0 = time.perf_counter()
     layout = read_layout(args.data, args.target, images=args.features is None)
