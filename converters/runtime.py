@@ -29,8 +29,14 @@ def set_threads(threads: int | None = None, paddle: bool = True, torch: bool = T
 
 def quiet_paddle_import() -> None:
     """Silence the library warnings that are not about the user's work (``errors.NOISY_WARNINGS``: ccache,
-    OMP, BatchNorm's "we now always track global mean and variance" on every train-mode call, ...)."""
+    OMP, BatchNorm's "we now always track global mean and variance" on every train-mode call, ...), and, when
+    Paddle is not imported yet, its C++ log below errors (``GLOG_minloglevel=2``; a user's own setting wins):
+    saving a model for Paddle Inference logs "Paddle static graph(PIR) not support input out tensor" on every
+    export."""
     from .errors import NOISY_WARNINGS
+
+    if "paddle" not in sys.modules:
+        os.environ.setdefault("GLOG_minloglevel", "2")
 
     for pattern in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)

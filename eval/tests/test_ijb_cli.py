@@ -175,3 +175,72 @@ def test_features_give_exactly_the_tar_of_the_looped_protocol(large_meta, tmp_pa
     assert 0 < expected[1e-4] < expected[1e-1] < 1  # a table with something to get wrong
     printed = table_rows(proc.stdout)[features.stem]
     assert printed == [f"{100 * v:.2f}" for v in expected.values()]
+
+
+def _copy(layout: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(layout, dest)
+    return dest
+
+
+def _edit(path: Path, line: int, new: str | None) -> None:
+    """Replace (or with None delete) 1-based ``line`` of a meta file."""
+    lines = path.read_text().split("\n")
+    if new is None:
+        del lines[line - 1]
+    else:
+        lines[line - 1] = new
+    path.write_text("\n".join(lines))
+
+
+BAD_LAYOUTS = {
+    "missing meta file": (lambda m: (m / "ijbc_template_pair_label.txt").unlink(),
+                          "ijbc_template_pair_label.txt", None),
+    "malformed line": (lambda m: _edit(m / "ijbc_face_tid_mid.txt", 3, "7.jpg 12"), "ijbc_face_tid_mid.txt", 3),
+    "unknown template": (lambda m: _edit(m / "ijbc_template_pair_label.txt", 5, "999999 1 0"),
+                         "ijbc_template_pair_label.txt", 5),
+    "NaN landmark": (lambda m: _edit(m / "ijbc_name_5pts_score.txt", 4, " ".join(
+        [(m / "ijbc_name_5pts_score.txt").read_text().split("\n")[3].split(" ")[0]] + ["nan"] * 10 + ["0.9"])),
+        "ijbc_name_5pts_score.txt", 4),
+    "degenerate landmarks": (lambda m: _edit(m / "ijbc_name_5pts_score.txt", 6, " ".join(
+        [(m / "ijbc_name_5pts_score.txt").read_text().split("\n")[5].split(" ")[0]] + ["50.0"] * 10 + ["0.9"])),
+        "ijbc_name_5pts_score.txt", 6),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LAYOUTS))
+def test_a_bad_layout_is_one_line_naming_the_file_and_line(case, faces_layout, tmp_path):
+    root = _copy(faces_layout, tmp_path / "IJBC")
+    mutate, name, line = BAD_LAYOUTS[case]
+    mutate(root / "meta")
+    feats = tmp_path / "f.npy"
+    np.save(feats, np.ones((40, 2, 8), np.float32))
+    out = tmp_path / "out.json"
+    proc = run("--features", feats, "--data", root, "--json", out)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert name in proc.stderr and (line is None or f": line {line}: " in proc.stderr), proc.stderr
+    assert not out.exists()
+
+
+def test_a_missing_or_corrupt_image_and_wrong_feature_rows_are_one_line_errors(faces_layout, r18_files, tmp_path):
+    root = _copy(faces_layout, tmp_path / "IJBC")
+    names = [ln.split(" ")[0] for ln in (root / "meta" / "ijbc_face_tid_mid.txt").read_text().split("\n") if ln]
+    (root / "loose_crop" / names[7]).unlink()
+    model = ["--weights", r18_files["pdparams"], "--data", root, "--cache-dir", r18_files["cache"], "--workers", "1",
+             "--no-progress", "--json", tmp_path / "out.json"]
+    proc = run(*model)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "ijbc_name_5pts_score.txt: line 8: " in proc.stderr and names[7] in proc.stderr
+
+    _copy(faces_layout / "loose_crop", tmp_path / "crops")
+    (root / "loose_crop" / names[7]).write_bytes((tmp_path / "crops" / names[7]).read_bytes()[:300])  # truncated
+    proc = run(*model)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"{root / 'loose_crop' / names[7]}: " in proc.stderr and "decoded" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out.json").exists()
+
+    np.save(tmp_path / "f.npy", np.ones((39, 2, 8), np.float32))
+    proc = run("--features", tmp_path / "f.npy", "--data", faces_layout)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "f.npy: 39 rows, but" in proc.stderr and "ijbc_face_tid_mid.txt lists 40 images" in proc.stderr
