@@ -28,8 +28,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PYTHON) -m ruff check .
 
+# two pytest-xdist workers share the cores (conftest.py gives each its share of the threads)
+TEST_WORKERS ?= 2
 test: $(STAMP) lint
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS)
 
 # every fuzz target in tests/fuzz for FUZZ_SECONDS each (default 60), with fresh random examples
 FUZZ_SECONDS ?= 60

@@ -45,10 +45,12 @@ def small_dataset_rec() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _threads():
-    """Both frameworks on every core (``import paddle`` alone would leave Paddle on one thread)."""
+    """Both frameworks on every core (``import paddle`` alone would leave Paddle on one thread); under
+    pytest-xdist (``make test`` runs two workers) the cores are shared out between the workers."""
     from converters.runtime import set_threads
 
-    set_threads(None)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    set_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 class RunsCommand:

@@ -239,13 +239,18 @@ def test_a_user_error_inside_the_block_is_kept_even_when_raised_while_handling_a
 
 
 def test_a_forked_worker_does_not_keep_the_lock_of_a_killed_parent(tmp_path):
+    running = tmp_path.parent / f"{tmp_path.name}.child-running"
+    # the child marks that it runs: fork's after-fork handlers (which close the inherited lock) have run by then
     code = ("import os, time; from converters.outputs import OutputLock; "
             f"OutputLock({str(tmp_path)!r}).acquire(); child = os.fork()\n"
-            "if child == 0: time.sleep(30); os._exit(0)\n"
+            f"if child == 0: open({str(running)!r}, 'w').close(); time.sleep(30); os._exit(0)\n"
             "print(child, flush=True); time.sleep(60)")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not running.exists() and time.monotonic() < deadline:  # a loaded machine may not run the child at once
+        time.sleep(0.05)
     try:
         parent.kill()
         parent.wait()
