@@ -159,8 +159,9 @@ def model_features(args: argparse.Namespace, layout, variant):
     backend = args.backend or ("onnx" if source.kind == "onnx" else "paddle-inference")
     embedder = make_embedder(source, backend, threads, args.device, args.cache_dir)
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) // 2)
-    log.info("%s: %s, sha256 %s...; backend %s, %d threads, %d decode workers, batch %d faces", args.weights,
-             source.label, source.sha256[:16], backend, threads, workers, args.batch_size)
+    log.info("%s: %s, sha256 %s...; backend %s, %d threads, %d decode worker%s, batch %d faces", args.weights,
+             source.label, source.sha256[:16], backend, threads, workers, "" if workers == 1 else "s",
+             args.batch_size)
     source.release()
     cache = None
     if args.cache:
