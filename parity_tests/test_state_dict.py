@@ -24,6 +24,15 @@ INSIGHTFACE_COUNTS = {
 }
 
 
+def lazy_paddle_model(arch: str):
+    """The Paddle model built under ``paddle.LazyGuard``: names, order and shapes without initialising the
+    weights (r200 in 0.9 s instead of 5.9 s; eager construction is exercised by the forward parity tests)."""
+    import paddle
+
+    with paddle.LazyGuard():
+        return paddle_models.get_model(arch)
+
+
 def read_tsv(name: str) -> list[tuple[str, list[int], str]]:
     path = REFERENCE / name
     if not path.exists():
@@ -74,7 +83,7 @@ def test_torch_reference_entry_and_parameter_counts_match_insightface(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_paddle_state_dict_names_order_and_shapes_follow_the_mapping_table(arch):
-    model = paddle_models.get_model(arch)
+    model = lazy_paddle_model(arch)
     state = model.state_dict()
     expected = [(e.paddle_key, e.paddle_shape) for e in layout(arch) if e.paddle_key]
     assert [(k, tuple(v.shape)) for k, v in state.items()] == expected
@@ -88,7 +97,7 @@ def test_paddle_state_dict_names_order_and_shapes_follow_the_mapping_table(arch)
 def test_paddle_and_torch_sublayer_names_are_identical(arch):
     with torch.device("meta"):
         torch_names = [n for n, _ in torch_reference.get_model(arch).named_modules() if n]
-    paddle_names = [n for n, _ in paddle_models.get_model(arch).named_sublayers()]
+    paddle_names = [n for n, _ in lazy_paddle_model(arch).named_sublayers()]
     assert torch_names == paddle_names
 
 
@@ -100,7 +109,7 @@ def test_torch_to_paddle_to_torch_is_bit_identical(arch):
         if e.torch_dtype == "int64":
             original[e.torch_key] = np.array(rng.integers(0, 10**6), dtype=np.int64)
         else:
-            original[e.torch_key] = rng.standard_normal(e.torch_shape).astype(np.float32)
+            original[e.torch_key] = rng.standard_normal(e.torch_shape, dtype=np.float32)
     back = paddle_to_torch(torch_to_paddle(original, arch, 512, "mem"), arch, 512, "mem")
     assert list(back) == [e.torch_key for e in layout(arch)]
     for key, arr in original.items():
