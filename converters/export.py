@@ -128,11 +128,27 @@ def save_paddle_inference(model: Any, prefix: str | Path, name: str | Path | Non
 
 class PaddlePredictor:
     """A ``paddle.inference`` predictor on ``<prefix>.json`` + ``<prefix>.pdiparams``: a batch
-    ``[N, 3, 112, 112]`` float32 in, ``[N, D]`` out. On CPU: oneDNN and ``threads`` math threads."""
+    ``[N, 3, 112, 112]`` float32 in, ``[N, D]`` out. On CPU: oneDNN and ``threads`` math threads.
 
-    def __init__(self, prefix: str | Path, threads: int, device: str = "cpu"):
+    ``precision="bf16"`` runs oneDNN in bfloat16 (``enable_mkldnn_bfloat16``). Paddle enables it only on a
+    CPU with AVX-512 (``avx512_core``; emulated unless the CPU also has ``avx512_bf16``) and otherwise
+    silently keeps float32, so on any other CPU this raises ``RuntimeError`` instead of returning a float32
+    predictor under the bf16 name. A bf16 batch with a non-finite embedding also raises ``RuntimeError``."""
+
+    PRECISIONS = ("fp32", "bf16")
+
+    def __init__(self, prefix: str | Path, threads: int, device: str = "cpu", precision: str = "fp32"):
         import paddle.inference as pi
 
+        if precision not in self.PRECISIONS:
+            raise ValueError(f"precision {precision!r}: expected one of {', '.join(self.PRECISIONS)}")
+        if precision == "bf16":
+            if device != "cpu":
+                raise ValueError("precision 'bf16' is a CPU (oneDNN) precision")
+            if not self.bf16_supported():
+                raise RuntimeError("Paddle Inference bf16 needs a CPU with AVX-512 (avx512_core); this CPU has "
+                                   "none, and enable_mkldnn_bfloat16 would silently run float32")
+        self.precision = precision
         config = pi.Config(str(prefix) + ".json", str(prefix) + ".pdiparams")
         if device == "gpu":
             config.enable_use_gpu(256, 0)
@@ -140,6 +156,8 @@ class PaddlePredictor:
             config.disable_gpu()
             config.set_cpu_math_library_num_threads(threads)
             config.enable_mkldnn()  # oneDNN: the fast CPU path (never FLAGS_use_mkldnn with to_static)
+            if precision == "bf16":
+                config.enable_mkldnn_bfloat16()
         config.disable_glog_info()
         self.predictor = pi.create_predictor(config)
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
@@ -149,7 +167,18 @@ class PaddlePredictor:
         self.input.reshape(list(batch.shape))
         self.input.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
         self.predictor.run()
-        return self.predictor.get_output_handle(self.output_name).copy_to_cpu()
+        out = self.predictor.get_output_handle(self.output_name).copy_to_cpu()
+        if self.precision == "bf16" and not np.isfinite(out).all():
+            raise RuntimeError(f"the bf16 predictor returned non-finite embeddings for "
+                               f"{int((~np.isfinite(out).all(axis=1)).sum())} of {len(out)} images")
+        return out
+
+    @staticmethod
+    def bf16_supported() -> bool:
+        """Whether Paddle Inference would run oneDNN in bfloat16 on this CPU (it needs ``avx512_core``)."""
+        from paddle.base import core
+
+        return bool(core.supports_bfloat16())
 
 
 # ------------------------------------------------------------------------------------------------- ONNX
