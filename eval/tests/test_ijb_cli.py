@@ -31,11 +31,11 @@ def table_rows(text: str) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def faces_layout(tmp_path_factory, small_lfw, small_dataset) -> Path:
-    """A small IJB-C layout of real faces pasted into loose crops: 8 identities, 5 images each."""
+    """A small IJB-C layout of real faces pasted into loose crops: 6 identities, 4 images each."""
     from eval.ijb_synthetic import write_synthetic_ijb
 
     root = tmp_path_factory.mktemp("ijb") / "IJBC"
-    write_synthetic_ijb(root, 8, images_per_identity=5, seed=3, faces=[small_lfw, small_dataset])
+    write_synthetic_ijb(root, 6, images_per_identity=4, seed=3, faces=[small_lfw, small_dataset])
     return root
 
 
@@ -108,7 +108,7 @@ def test_cache_resumes_where_a_stopped_run_ended(faces_layout, r18_files, tmp_pa
               "--cache-dir", str(r18_files["cache"]), "--batch-size", "8", "--workers", "0", "--no-progress"]
     assert main([*common, "--cache", str(tmp_path / "straight")]) == 0
     straight = np.load(tmp_path / "straight" / "features.npy")
-    assert straight.shape == (40, 2, 512) and straight.dtype == np.float32
+    assert straight.shape == (24, 2, 512) and straight.dtype == np.float32
     assert not (tmp_path / "straight" / "features.partial.npy").exists()
 
     rows = []
@@ -130,7 +130,7 @@ def test_cache_resumes_where_a_stopped_run_ended(faces_layout, r18_files, tmp_pa
     monkeypatch.setattr(backends.PaddleInferenceEmbedder, "__call__", lambda self, batch: (rows.append(len(batch)),
                                                                                  forward(self, batch))[1])
     assert main([*common, "--cache", str(tmp_path / "split")]) == 0
-    assert sum(rows) == 2 * (40 - 16)  # only the faces not yet cached, each with its mirror
+    assert sum(rows) == 2 * (24 - 16)  # only the faces not yet cached, each with its mirror
     np.testing.assert_array_equal(np.load(tmp_path / "split" / "features.npy"), straight)
 
     # the finished cache is what --features reads: the same table without the model
@@ -215,7 +215,7 @@ def test_a_bad_layout_is_one_line_naming_the_file_and_line(case, faces_layout, t
     mutate, name, line = BAD_LAYOUTS[case]
     mutate(root / "meta")
     feats = tmp_path / "f.npy"
-    np.save(feats, np.ones((40, 2, 8), np.float32))
+    np.save(feats, np.ones((24, 2, 8), np.float32))
     out = tmp_path / "out.json"
     proc = run("--features", feats, "--data", root, "--json", out)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
@@ -240,7 +240,7 @@ def test_a_missing_or_corrupt_image_and_wrong_feature_rows_are_one_line_errors(f
     assert f"{root / 'loose_crop' / names[7]}: " in proc.stderr and "decoded" in proc.stderr, proc.stderr
     assert not (tmp_path / "out.json").exists()
 
-    np.save(tmp_path / "f.npy", np.ones((39, 2, 8), np.float32))
+    np.save(tmp_path / "f.npy", np.ones((23, 2, 8), np.float32))
     proc = run("--features", tmp_path / "f.npy", "--data", faces_layout)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "f.npy: 39 rows, but" in proc.stderr and "ijbc_face_tid_mid.txt lists 40 images" in proc.stderr
+    assert "f.npy: 23 rows, but" in proc.stderr and "ijbc_face_tid_mid.txt lists 24 images" in proc.stderr
