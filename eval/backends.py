@@ -26,6 +26,11 @@ from .sources import INPUT_SHAPE, ModelSource
 
 BACKENDS = ("paddle-inference", "paddle", "torch", "onnx")
 DEVICES = ("cpu", "gpu")
+PRECISIONS = ("fp32", "bf16", "int8")
+# reduced precisions each backend offers: Paddle Inference's oneDNN bf16 (CPUs with AVX-512 only),
+# onnxruntime's int8 static quantization, PyTorch's bf16 autocast. Paddle's own post-training quantization
+# does not run on this project's Paddle Inference exports with paddlepaddle 3.3.1 (converters/quantize.py).
+REDUCED = {"paddle-inference": ("bf16",), "onnx": ("int8",), "torch": ("bf16",), "paddle": ()}
 
 
 class Embedder(ABC):
@@ -64,10 +69,13 @@ class PaddleInferenceEmbedder(Embedder):
 
     name = "paddle-inference"
 
-    def __init__(self, prefix: Path, threads: int, device: str = "cpu"):
+    def __init__(self, prefix: Path, threads: int, device: str = "cpu", precision: str = "fp32"):
         from converters.export import PaddlePredictor
 
-        self.predictor = PaddlePredictor(prefix, threads, device)
+        # an int8 graph carries its own quantize/dequantize operators: a float32 predictor runs it
+        self.predictor = PaddlePredictor(prefix, threads, device, "fp32" if precision == "int8" else precision)
+        if precision != "fp32":
+            self.name = f"{self.name} {precision}"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.predictor(batch)
@@ -78,18 +86,21 @@ class TorchEmbedder(Embedder):
 
     name = "torch"
 
-    def __init__(self, model: Any, device: str = "cpu", threads: int | None = None):
+    def __init__(self, model: Any, device: str = "cpu", threads: int | None = None, precision: str = "fp32"):
         import torch
 
         if threads:  # torch may have been imported after Paddle set OMP_NUM_THREADS=1
             torch.set_num_threads(threads)
         self.device = "cuda" if device == "gpu" else "cpu"
         self.model = model.to(self.device).eval()
+        self.autocast = precision == "bf16"  # torch.autocast to bfloat16, weights kept in float32
+        if self.autocast:
+            self.name = f"{self.name} bf16"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.device, torch.bfloat16, enabled=self.autocast):
             return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
 
@@ -98,9 +109,11 @@ class OnnxEmbedder(Embedder):
 
     name = "onnx"
 
-    def __init__(self, path: Path, threads: int, device: str = "cpu"):
+    def __init__(self, path: Path, threads: int, device: str = "cpu", precision: str = "fp32"):
         import onnxruntime as ort
 
+        if precision != "fp32":
+            self.name = f"{self.name} {precision}"
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -136,23 +149,41 @@ class OnnxEmbedder(Embedder):
 
 
 def make_embedder(source: ModelSource, backend: str, threads: int, device: str = "cpu",
-                  cache_dir: str | Path | None = None) -> Embedder:
-    """Build ``backend`` for ``source`` (``threads`` CPU threads; ``device`` cpu or gpu)."""
+                  cache_dir: str | Path | None = None, precision: str = "fp32",
+                  calibration: str | Path | None = None) -> Embedder:
+    """Build ``backend`` for ``source`` (``threads`` CPU threads; ``device`` cpu or gpu) at ``precision``
+    (``int8`` calibrated on the faces of ``calibration``, a ``.bin`` pack or an image folder)."""
     if backend not in BACKENDS:
         raise UserError(None, f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
     if device not in DEVICES:
         raise UserError(None, f"unknown device '{device}' (known: {', '.join(DEVICES)})")
+    if precision not in PRECISIONS:
+        raise UserError(None, f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
+    if precision != "fp32" and precision not in REDUCED[backend]:
+        offered = {b: p for b, p in REDUCED.items() if precision in p}
+        raise UserError(None, f"--precision {precision} is not available with --backend {backend} "
+                        f"(use --backend {' or '.join(offered)})")
+    if precision != "fp32" and device != "cpu":
+        raise UserError(None, f"--precision {precision} is a CPU precision; use --device cpu")
+    if precision == "int8" and calibration is None:
+        raise UserError(None, "--precision int8 needs --calibration PACK.bin|FOLDER (aligned faces to calibrate on)")
     if source.kind == "onnx" and backend != "onnx":
         raise UserError(source.path, f"an .onnx model runs only with --backend onnx, not {backend}")
     if backend == "onnx":
-        from .export import cached_onnx
+        from .export import cached_int8, cached_onnx
 
-        path = source.path if source.kind == "onnx" else cached_onnx(source, cache_dir)
-        return OnnxEmbedder(path, threads, device)
+        if precision == "int8":
+            if source.kind == "onnx":
+                raise UserError(source.path, "--precision int8 quantizes a .pth/.pdparams export; give the weights")
+            path = cached_int8(source, "onnx", calibration, cache_dir)
+        else:
+            path = source.path if source.kind == "onnx" else cached_onnx(source, cache_dir)
+        return OnnxEmbedder(path, threads, device, precision)
     if backend == "torch":
         from converters.models import torch_model
 
-        return TorchEmbedder(torch_model(source.arch, source.torch_state(), source.num_features), device, threads)
+        return TorchEmbedder(torch_model(source.arch, source.torch_state(), source.num_features), device, threads,
+                             precision)
     import paddle
 
     if backend == "paddle":
@@ -162,4 +193,7 @@ def make_embedder(source: ModelSource, backend: str, threads: int, device: str =
         return PaddleEmbedder(paddle_model(source.arch, source.paddle_state(), source.num_features))
     from .export import export_paddle_inference
 
-    return PaddleInferenceEmbedder(export_paddle_inference(source, cache_dir), threads, device)
+    try:
+        return PaddleInferenceEmbedder(export_paddle_inference(source, cache_dir), threads, device, precision)
+    except RuntimeError as err:  # bf16 on a CPU without AVX-512
+        raise UserError(None, f"--precision {precision}: {err}") from None

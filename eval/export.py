@@ -97,4 +97,41 @@ def cached_onnx(source: ModelSource, cache_dir: str | Path | None = None) -> Pat
     return _cached(folder, ("model.onnx",), build) / "model.onnx"
 
 
-__all__ = ["cache_root", "cached_onnx", "export_onnx", "export_paddle_inference"]
+def calibration_key(calibration: str | Path) -> str:
+    """A short digest naming the calibration data (a file's bytes, or a folder's file names and sizes)."""
+    import hashlib
+
+    from converters.checkpoint import sha256_file
+
+    path = Path(calibration)
+    if path.is_file():
+        return sha256_file(path)[:16]
+    if not path.is_dir():
+        raise UserError(path, "no such calibration pack or folder")
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{item.relative_to(path)}\0{item.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_int8(source: ModelSource, backend: str, calibration: str | Path,
+                cache_dir: str | Path | None = None) -> Path:
+    """The int8 model of ``source`` for ``backend`` (``onnx``: onnxruntime's static quantization of the ONNX
+    export), calibrated on the faces of ``calibration``, made once per weights file and calibration data.
+    Returns the ``.onnx`` path."""
+    from converters.quantize import calibration_images, quantize_onnx_int8
+
+    key = calibration_key(calibration)
+    if backend == "onnx":
+        src = cached_onnx(source, cache_dir)
+        folder = src.parent.with_name(f"{src.parent.name}-int8-{key}")
+
+        def build(tmp: Path) -> None:
+            log.info("quantizing %s to int8 (onnxruntime, calibrated on %s) in %s", source.path, calibration, folder)
+            quantize_onnx_int8(src, tmp / "model.onnx", calibration_images(calibration))
+
+        return _cached(folder, ("model.onnx",), build) / "model.onnx"
+    raise UserError(None, f"int8 for {backend}: only onnx (onnxruntime's quantization) is available")
+
+
+__all__ = ["cache_root", "cached_int8", "cached_onnx", "export_onnx", "export_paddle_inference"]

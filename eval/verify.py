@@ -2,6 +2,7 @@
 
     python eval/verify.py --weights PATH --data DIR [--arch r50] [--targets lfw,cfp_fp,agedb_30,calfw,cplfw]
                           [--backend paddle-inference|paddle|torch|onnx] [--compare BACKEND]
+                          [--precision fp32|bf16|int8] [--calibration PACK.bin|FOLDER]
                           [--batch-size N] [--threads N] [--device cpu|gpu]
                           [--results results.txt] [--json PATH] [--published NAME]
     python eval/verify.py --embeddings E.npy --issame I.npy [--name NAME] [--results ...] [--json ...]
@@ -31,7 +32,7 @@ if __package__ in (None, ""):
 import architectures  # noqa: E402
 from converters.cli import ArgumentParser, int_range, thread_count  # noqa: E402
 from converters.errors import UserError, run_cli  # noqa: E402
-from eval.backends import BACKENDS, DEVICES  # noqa: E402
+from eval.backends import BACKENDS, DEVICES, PRECISIONS  # noqa: E402
 from eval.stream import DEFAULT_BATCH_SIZE  # noqa: E402
 
 # InsightFace's usual order; other packs found in --data follow alphabetically
@@ -50,6 +51,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--backend", choices=BACKENDS, help="default paddle-inference (onnx for an .onnx file)")
     model.add_argument("--compare", choices=BACKENDS, metavar="BACKEND",
                        help="also embed with this backend and count the pairs judged differently")
+    model.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="fp32 (default), bf16 (paddle-inference, torch) or int8 (paddle-inference, onnx); a "
+                       "reduced precision is always compared with fp32 on the same images (the --compare "
+                       "backend, default the same backend) and its accuracy guard printed")
+    model.add_argument("--calibration", type=Path, metavar="PACK.bin|FOLDER",
+                       help="aligned faces to calibrate --precision int8 on")
     model.add_argument("--batch-size", type=int_range(1, 4096), default=DEFAULT_BATCH_SIZE,
                        help=f"images per forward pass (default {DEFAULT_BATCH_SIZE}; results do not depend on it)")
     model.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: all cores)")
@@ -146,32 +153,38 @@ def run_model(args: argparse.Namespace) -> tuple[dict, dict, list]:
     packs = find_targets(args.data, args.targets)
     source = load_weights(args.weights, args.arch)
     backend = args.backend or ("onnx" if source.kind == "onnx" else "paddle-inference")
-    if args.compare == backend:
+    reduced = args.precision != "fp32"
+    if args.compare == backend and not reduced:
         raise UserError(None, f"--compare {args.compare} is the backend being evaluated; choose another")
     known = find_known(args.weights, source.sha256, source.arch, source.meta.get("source_sha256"),
                        args.published)
-    embedders = [make_embedder(source, backend, threads, args.device, args.cache_dir)]
-    if args.compare:
-        embedders.append(make_embedder(source, args.compare, threads, args.device, args.cache_dir))
+    embedders = [make_embedder(source, backend, threads, args.device, args.cache_dir, args.precision,
+                               args.calibration)]
+    compare = args.compare or (backend if reduced else None)  # a reduced precision is always compared with fp32
+    if compare:
+        embedders.append(make_embedder(source, compare, threads, args.device, args.cache_dir))
     # after the backends are built: a model that cannot run fails with its one line and nothing else
     log.info("%s: %s, %d-d embedding, sha256 %s...; backend %s%s, %d threads, batch %d", args.weights,
-             source.label, source.num_features, source.sha256[:16], backend,
-             f" (compared with {args.compare})" if args.compare else "", threads, args.batch_size)
+             source.label, source.num_features, source.sha256[:16], embedders[0].name,
+             f" (compared with {embedders[1].name})" if compare else "", threads, args.batch_size)
     source.release()
 
     results: dict = {}
     compared: dict = {}
     extra: dict = {}
     counts = []
+    guards = []
     for path in packs:
         pack = read_bin(path)
         runs = []
+        embedded = []
         for embedder in embedders:
             emb = embed_pack(pack, embedder, args.batch_size, flip=True, progress=not args.no_progress)
+            embedded.append(emb)
             try:
                 runs.append(evaluate_flip(emb.original, emb.flipped, pack.issame))
             except ValueError as err:
-                raise UserError(path, str(err)) from None
+                raise UserError(path, f"[{embedder.name}] {err}") from None
             log.info("%s [%s]: %d images in %.1f s (model %.1f s, decoding %.1f s)", pack.name, embedder.name,
                      len(pack), emb.model_seconds + emb.decode_seconds, emb.model_seconds, emb.decode_seconds)
         results[pack.name] = runs[0]
@@ -181,12 +194,25 @@ def run_model(args: argparse.Namespace) -> tuple[dict, dict, list]:
             compared[pack.name] = runs[1]
             differ = decisions_differ(runs[0], runs[1])
             counts.append((pack.name, differ, pack.pairs))
-            extra[pack.name] = {"compare": {"backend": args.compare, **{k: v for k, v in runs[1].to_json().items() if k in BRIEF_KEYS}, "pairs_judged_differently": differ}}
+            extra[pack.name] = {"compare": {"backend": embedders[1].name, **{k: v for k, v in runs[1].to_json().items() if k in BRIEF_KEYS}, "pairs_judged_differently": differ}}
+        if reduced:
+            from eval.precision_guard import pack_guard
+
+            (ref, low) = embedded[1], embedded[0]
+            guard = pack_guard(pack.name, ref.original, ref.flipped, low.original, low.flipped, pack.issame)
+            guards.append(guard)
+            extra[pack.name]["precision_guard"] = {"precision": args.precision, **guard.to_json()}
+    if guards:
+        from eval.precision_guard import guard_table
+
+        print(f"accuracy guard: {embedders[0].name} against {embedders[1].name} on the same images", flush=True)
+        print(guard_table(guards, args.precision), flush=True)
     weights = str(args.weights)
     known_name = known.name if known else ""
-    rows = [((source.label, weights, backend, known_name), results, "")]
+    rows = [((source.label, weights, embedders[0].name, known_name), results, "")]
     if compared:
-        rows.append(((source.label, weights, args.compare, known_name), compared, differ_note(backend, counts)))
+        rows.append(((source.label, weights, embedders[1].name, known_name), compared,
+                     differ_note(embedders[0].name, counts)))
     return results, extra, rows
 
 
@@ -197,7 +223,7 @@ def input_files(args: argparse.Namespace) -> dict[str, list[Path]]:
     """Every file this run reads, by option (the packs of a ``--data`` folder too): no output may be one."""
     data = args.data
     packs = sorted(data.glob("*.bin")) if data is not None and data.is_dir() else [data]
-    return {"--weights": [args.weights], "--data": packs, "--embeddings": [args.embeddings],
+    return {"--weights": [args.weights], "--data": packs, "--embeddings": [args.embeddings], "--calibration": [args.calibration],
             "--issame": [args.issame]}
 
 

@@ -284,3 +284,30 @@ def test_an_unwritable_cache_folder_is_one_line(r18_files, small_lfw, tmp_path, 
         assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {cache}/"), lines
         assert "cannot write: " in lines[0] and "Traceback" not in lines[0]
         assert [p.name for p in cache.iterdir()] == []  # nothing partial left in the cache
+
+
+def test_int8_prints_the_accuracy_guard_against_fp32(r18_files, small_lfw, tmp_path, capsys):
+    out_json = tmp_path / "out.json"
+    assert main(["--weights", str(r18_files["pdparams"]), "--data", str(small_lfw), "--backend", "onnx",
+                 "--precision", "int8", "--calibration", str(small_lfw), "--cache-dir", str(r18_files["cache"]),
+                 "--batch-size", "20", "--threads", "2", "--no-progress", "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy guard: onnx int8 against onnx on the same images" in printed
+    guard = json.loads(out_json.read_text())["small_lfw"]["precision_guard"]
+    assert guard["precision"] == "int8" and guard["pairs"] == 10
+    # onnxruntime's static int8 of the seeded (random) r18, calibrated on the same 20 faces: 0.989 measured
+    assert 0.98 < guard["cosine_min"] <= guard["cosine_mean"] < 1.0
+    assert guard["accuracy_difference"] == guard["accuracy"] - guard["accuracy_fp32"]
+    assert f"{guard['pairs_judged_differently']}/10" in printed
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "paddle", "--precision", "bf16"], "--precision bf16 is not available with --backend paddle"),
+    (["--backend", "onnx", "--precision", "int8"], "--precision int8 needs --calibration"),
+    (["--backend", "paddle-inference", "--precision", "int8", "--calibration", "x.bin"],
+     "--precision int8 is not available with --backend paddle-inference (use --backend onnx)"),
+])
+def test_unavailable_precisions_are_one_line_errors(args, message, r18_files, small_lfw):
+    proc = run("--weights", str(r18_files["pdparams"]), "--data", str(small_lfw), *args)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert message in proc.stderr
