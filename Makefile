@@ -28,8 +28,9 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PYTHON) -m ruff check .
 
-# two pytest-xdist workers share the cores (conftest.py gives each its share of the threads)
-TEST_WORKERS ?= 2
+# three pytest-xdist workers share the cores (conftest.py gives each its share of the threads): many tests wait
+# on a subprocess or a sleep, so a third worker keeps 2 cores busy
+TEST_WORKERS ?= 3
 test: $(STAMP) lint
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS)
 
