@@ -87,7 +87,7 @@ def rates(work: Path, archs: list[str], identities: int, threads: int) -> list[l
     from bench.eval import demo_weights
     from converters.runtime import set_threads
     from eval.backends import make_embedder
-    from eval.ijb_extract import AlignPool, embed_faces
+    from eval.ijb_extract import AlignPool, align_tasks, embed_faces
     from eval.ijb_layout import read_layout
     from eval.ijb_synthetic import write_synthetic_ijb
     from eval.sources import load_weights
@@ -98,18 +98,13 @@ def rates(work: Path, archs: list[str], identities: int, threads: int) -> list[l
     layout = read_layout(root, "IJBC")
     n = len(layout.names)
 
-    def tasks(chunk: int = 32):
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            yield start, [str(layout.paths.loose_crop / k) for k in layout.names[start:stop]], layout.landmarks[start:stop]
-
     align = {}
     crops = np.empty((n, 112, 112, 3), np.uint8)
     for workers in (0, 2):
         with AlignPool(workers) as pool:
-            list(pool.run(tasks()))  # warm-up: worker start-up and the page cache
+            list(pool.run(align_tasks(layout, 0, 32)))  # warm-up: worker start-up and the page cache
             t0 = time.perf_counter()
-            for start, part, _ in pool.run(tasks()):
+            for start, part, _ in pool.run(align_tasks(layout, 0, 32)):
                 crops[start:start + len(part)] = part
             align[workers] = n / (time.perf_counter() - t0)
     threads = set_threads(threads, torch=False)

@@ -100,48 +100,33 @@ def run_name(args: argparse.Namespace) -> str:
     return (args.weights or args.features).stem
 
 
-def load_features(path: Path, layout, variant, chunk: int = 32768):
-    """``--features`` as image features. The file is checked by the safe ``.npy`` reader, then read chunk by
-    chunk with plain reads (no mapping left resident): peak memory is the ``[N, D]`` result plus one chunk."""
+def load_features(path: Path, layout, variant):
+    """``--features`` as image features: the file is checked by the safe ``.npy`` reader and mapped;
+    ``image_features`` reads it chunk by chunk (dropping the rows it has read from memory), so the peak is the
+    ``[N, D]`` result plus one chunk."""
     import numpy as np
 
     from converters.npy import read_npy
     from eval.ijb_protocol import image_features
 
-    mapped = read_npy(path, "[N, 2, D] or [N, D] features", mmap=True)
-    shape, dtype, offset = mapped.shape, mapped.dtype, getattr(mapped, "offset", 0)
-    fortran = not mapped.flags.c_contiguous and mapped.ndim > 1
-    del mapped
+    raw = read_npy(path, "[N, 2, D] or [N, D] features", mmap=True)
     n = len(layout.names)
-    if dtype.kind != "f" or len(shape) not in (2, 3) or (len(shape) == 3 and shape[1] != 2):
-        raise UserError(path, f"expected float features [N, 2, D] or [N, D], found {dtype} {list(shape)}")
-    if fortran:
+    if raw.dtype.kind != "f" or raw.ndim not in (2, 3) or (raw.ndim == 3 and raw.shape[1] != 2):
+        raise UserError(path, f"expected float features [N, 2, D] or [N, D], found {raw.dtype} {list(raw.shape)}")
+    if not raw.flags.c_contiguous:
         raise UserError(path, "is stored in Fortran order; save the features with np.save of a C-ordered array")
-    if shape[0] != n:
-        raise UserError(path, f"{shape[0]} rows, but {layout.paths.face_tid_mid} lists {n} images")
-    if len(shape) == 2 and not variant.flip:
+    if raw.shape[0] != n:
+        raise UserError(path, f"{raw.shape[0]} rows, but {layout.paths.face_tid_mid} lists {n} images")
+    if raw.ndim == 2 and not variant.flip:
         raise UserError(path, f"[N, D] features are already flip-summed; --variant {variant.name} needs [N, 2, D]")
-    row = int(np.prod(shape[1:]))
-    feats = None
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        for start in range(0, n, chunk):
-            count = min(chunk, n - start)
-            raw = np.fromfile(fh, dtype=dtype, count=count * row)
-            if raw.size != count * row:
-                raise UserError(path, "truncated while reading")
-            # float32 like InsightFace's feature buffer, whatever the file holds
-            raw = raw.reshape(count, *shape[1:]).astype(np.float32, copy=False)
-            if not np.isfinite(raw).all():
-                bad = start + int(np.flatnonzero(~np.isfinite(raw.reshape(count, -1)).all(axis=1))[0])
-                raise UserError(path, f"row {bad} (image {layout.names[bad]}) is not finite")
-            try:
-                part = image_features(raw, layout.faceness[start:start + count], variant)
-            except ValueError as err:
-                raise UserError(path, str(err)) from None
-            if feats is None:
-                feats = np.empty((n, part.shape[1]), np.float32)
-            feats[start:start + count] = part
+    try:
+        feats = image_features(raw, layout.faceness, variant)
+    except ValueError as err:
+        raise UserError(path, str(err)) from None
+    finite = np.isfinite(feats).all(axis=1)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise UserError(path, f"row {bad} (image {layout.names[bad]}) is not finite")
     return feats
 
 
@@ -219,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s: %d images, %d templates, %d pairs (%d genuine), read in %.1f s", args.data, len(layout.names),
              len(np.unique(layout.templates)), len(layout.labels), int(layout.labels.sum()),
              time.perf_counter() - t0)
-    for label, s in overlays:
+    for path, (_, s) in zip(args.overlay, overlays):
         if len(s) != len(layout.labels):
-            raise UserError(label, f"{len(s)} scores, but the layout has {len(layout.labels)} pairs")
+            raise UserError(path, f"{len(s)} scores, but the layout has {len(layout.labels)} pairs")
     source = backend = None
     if args.features is not None:
         t0 = time.perf_counter()

@@ -59,6 +59,15 @@ def align_chunk(task: tuple[int, list[str], np.ndarray]) -> tuple[int, np.ndarra
     return start, out, time.perf_counter() - t0
 
 
+def align_tasks(layout: IjbLayout, first: int = 0, chunk: int = 64
+                ) -> Iterator[tuple[int, list[str], np.ndarray]]:
+    """The images of ``layout`` from ``first`` on as ``align_chunk`` tasks of ``chunk`` images."""
+    for start in range(first, len(layout.names), chunk):
+        stop = min(len(layout.names), start + chunk)
+        yield start, [str(layout.paths.loose_crop / name) for name in layout.names[start:stop]], \
+            layout.landmarks[start:stop]
+
+
 def _worker_init() -> None:
     import cv2
 
@@ -189,7 +198,6 @@ class FeatureCache:
         self.offset = mapped.offset
         del mapped
         self.fh = open(self.partial, "r+b")  # noqa: SIM115 (closed in commit() or close())
-        self.done_written = self.done
 
     def commit(self) -> None:
         """Make the rows written so far durable, then record them as done (atomically)."""
@@ -282,18 +290,11 @@ def extract_features(layout: IjbLayout, embedder: Embedder, variant: Variant, ba
         first = stats.cached = cache.done
         if first:
             stats.notes.append(f"{first} of {n} images read from the cache {cache.folder}")
-    crop_dir = layout.paths.loose_crop
-
-    def tasks() -> Iterator[tuple[int, list[str], np.ndarray]]:
-        for start in range(first, n, chunk):
-            stop = min(n, start + chunk)
-            yield start, [str(crop_dir / name) for name in layout.names[start:stop]], layout.landmarks[start:stop]
-
     bar = tqdm(total=n, initial=first, unit="img", desc="IJB features", disable=not progress, leave=False,
                dynamic_ncols=True)
     try:
         with AlignPool(workers) as pool:
-            for start, crops, seconds in pool.run(tasks()):
+            for start, crops, seconds in pool.run(align_tasks(layout, first, chunk)):
                 stats.align_seconds += seconds
                 t0 = time.perf_counter()
                 raw = embed_faces(embedder, crops, batch_size)
