@@ -20,11 +20,13 @@ def seeded_images(n: int = 4, seed: int = 0, size: int = 112) -> np.ndarray:
 
 def faces_from_bin(path: str | Path, n: int | None = None) -> np.ndarray:
     """The first ``n`` images of a ``.bin`` pack, normalised: ``[n, 3, 112, 112]`` float32 RGB."""
-    from converters.binfile import read_bin
+    from converters.binfile import IMAGE_SIZE, read_bin
     from converters.images import normalize
 
     pack = read_bin(path)
     count = len(pack) if n is None else min(n, len(pack))
+    if count == 0:
+        return np.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
     return normalize(np.stack([pack.decode(i) for i in range(count)]))
 
 

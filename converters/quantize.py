@@ -38,16 +38,6 @@ CALIBRATION_BATCH = 1  # images per calibration run: the histogram calibrators (
 
 
 # ---------------------------------------------------------------------------------------- calibration
-def _bin_images(path: Path, limit: int) -> np.ndarray:
-    from converters.binfile import read_bin
-
-    pack = read_bin(path)
-    count = min(limit, len(pack))
-    if count == 0:
-        return np.empty((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    return np.stack([pack.decode(i) for i in range(count)])
-
-
 def _folder_images(path: Path, limit: int) -> np.ndarray:
     from converters.folders import list_images, read_image_file
     from converters.images import decode_image
@@ -71,19 +61,19 @@ def calibration_images(spec: str | Path, limit: int = DEFAULT_LIMIT, minimum: in
     of aligned 112x112 faces), normalised: ``[N, 3, 112, 112]`` float32 in [-1, 1]. ``mirrors`` appends
     each face's horizontal mirror (``2N`` images). Fewer than ``minimum`` faces is a ``UserError``."""
     from converters.images import normalize
+    from converters.inputs import faces_from_bin
 
     path = Path(spec)
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     if path.is_file() and path.suffix.lower() == ".bin":
-        rgb = _bin_images(path, limit)
+        x = faces_from_bin(path, limit)
     elif path.suffix.lower() == ".bin" and not path.exists():
         raise UserError(path, "no such file")
     else:
-        rgb = _folder_images(path, limit)
-    if len(rgb) < minimum:
-        raise UserError(path, f"{len(rgb)} calibration images, at least {minimum} are needed")
-    x = normalize(rgb)
+        x = normalize(_folder_images(path, limit))
+    if len(x) < minimum:
+        raise UserError(path, f"{len(x)} calibration images, at least {minimum} are needed")
     if mirrors:
         x = np.concatenate([x, np.ascontiguousarray(x[..., ::-1])])
     return x
