@@ -43,14 +43,21 @@ def small_dataset_rec() -> Path:
     return shared_path("small_dataset_rec")
 
 
+# Under pytest-xdist (`make test` runs two workers) the cores are shared out between the workers: each
+# worker's share becomes the default thread count of every command run in it or started from it (the
+# converters' main(), train.py subprocesses, ...), which would otherwise each take every core.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+if _WORKERS > 1:
+    os.environ["ARCFACE_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _threads():
-    """Both frameworks on every core (``import paddle`` alone would leave Paddle on one thread); under
-    pytest-xdist (``make test`` runs two workers) the cores are shared out between the workers."""
+    """Both frameworks on this worker's share of the cores (``import paddle`` alone would leave Paddle on
+    one thread)."""
     from converters.runtime import set_threads
 
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    set_threads(max(1, (os.cpu_count() or 1) // workers))
+    set_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
 
 
 class RunsCommand:

@@ -26,7 +26,7 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
                        help="parity input: seeded random images (default) or real faces from a .bin pack")
     group.add_argument("--batch", type=int_range(1, 1024), default=4, help="images in the parity batch (default 4)")
     group.add_argument("--seed", type=random_seed, default=0, help="seed of the random parity input (default 0)")
-    group.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: all cores)")
+    group.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: $ARCFACE_THREADS, else all cores)")
     group.add_argument("--table", choices=("full", "failures", "none"), default="full",
                        help="per-layer table to print (default full)")
     group.add_argument("--report", type=Path, default=None, metavar="PATH.json",

@@ -437,7 +437,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     group.add_argument("--batch", type=int_range(1, 1024), default=4,
                        help="images of the larger seeded batch and faces from --input (default 4)")
     group.add_argument("--seed", type=random_seed, default=0, help="seed of the seeded images (default 0)")
-    group.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: all cores)")
+    group.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: $ARCFACE_THREADS, else all cores)")
     return parser.parse_args(argv)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from .checkpoint import PaddleWeights
 from .errors import UserError
 from .parity import EMBEDDING_COSINE, EVAL_LAYER_REL, OUTPUT, ParityReport, _missing, _row, capture_paddle
+from .runtime import default_threads
 
 if TYPE_CHECKING:
     import onnx
@@ -70,7 +70,7 @@ def run_onnx_stages(onnx_path: str | Path | onnx.ModelProto | OnnxGraph, input_n
 
     ``onnx_path`` is a file (read with its external data by ``converters.onnx_graph.read_onnx``), what
     ``read_onnx`` returned, or an ``onnx.ModelProto`` already holding its weights; none is modified. onnxruntime runs on the CPU
-    with ``threads`` intra-op threads (default: all cores) and graph optimisations off, so that no fused
+    with ``threads`` intra-op threads (default: ``runtime.default_threads()``) and graph optimisations off, so that no fused
     node hides an intermediate tensor. A graph whose input declares a fixed batch (1 in some exports) runs
     ``x`` in pieces of that batch. ``input_name`` ``None`` takes the graph's first input."""
     model, path = _model_and_path(onnx_path)
@@ -140,7 +140,7 @@ def _session(model: onnx.ModelProto, path: Path | None, threads: int | None) -> 
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    options.intra_op_num_threads = int(threads or default_threads())
     options.inter_op_num_threads = 1
     # 3 would silence the warning for each output whose declared batch is 1; 4 also keeps onnxruntime from
     # logging a failure that is then reported as this project's one-line error
@@ -222,7 +222,7 @@ def verify_onnx_import(onnx_model: str | Path | onnx.ModelProto | OnnxGraph, imp
     ``paddle_weights``: the Paddle-named weights to check (``None``: ``imported.arrays`` mapped here by
     ``converters.mapping.torch_to_paddle``; given weights are left untouched). ``images``: see
     ``stage_inputs``. ``options``: an ``argparse.Namespace`` or anything with ``threads`` (onnxruntime's
-    intra-op threads, default all cores; Paddle's are the process's, set by ``converters.runtime.set_threads``
+    intra-op threads, default ``runtime.default_threads()``; Paddle's are the process's, set by ``converters.runtime.set_threads``
     as the converter CLIs do) and ``table`` (``full``, ``failures`` or ``none``; default full).
     Rows: one per ``imported.stages`` entry in that order, then ``(embedding)``, the graph's output against
     the Paddle model's, which also carries the cosine gate."""

@@ -7,14 +7,31 @@ import os
 import sys
 import warnings
 
+# the default thread count of every command, when set: e.g. to share a machine between several processes
+THREADS_VARIABLE = "ARCFACE_THREADS"
+
+
+def default_threads() -> int:
+    """The CPU threads a command uses when ``--threads`` is not given: ``ARCFACE_THREADS`` when set, else
+    every core. (``OMP_NUM_THREADS`` cannot serve: ``import paddle`` sets it to 1 when it is unset.)"""
+    value = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not value:
+        return os.cpu_count() or 1
+    if not value.isdigit() or int(value) < 1:
+        from .errors import UserError
+
+        raise UserError(None, f"{THREADS_VARIABLE}={value!r}: expected a positive whole number of threads")
+    return int(value)
+
 
 def set_threads(threads: int | None = None, paddle: bool = True, torch: bool = True) -> int:
-    """Use ``threads`` CPU threads (default: all cores) in the frameworks asked for; returns the count.
+    """Use ``threads`` CPU threads (default: ``default_threads()``) in the frameworks asked for; returns the
+    count.
 
     ``import paddle`` sets ``OMP_NUM_THREADS=1`` when it is unset, which leaves Paddle single-threaded
     (about 1.7x slower on two cores), so the count is set through both frameworks' APIs after import.
     """
-    n = int(threads or os.cpu_count() or 1)
+    n = int(threads or default_threads())
     if torch:  # importing torch costs ~2 s and ~200 MB: callers that do not need it say so
         import torch as torch_module
 

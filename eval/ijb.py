@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--backend", choices=BACKENDS, help="default paddle-inference (onnx for an .onnx file)")
     model.add_argument("--batch-size", type=int_range(1, 2048), default=DEFAULT_BATCH,
                        help=f"faces per forward pass, each with its mirror (default {DEFAULT_BATCH})")
-    model.add_argument("--threads", type=thread_count, default=None, help="model threads (default: all cores)")
+    model.add_argument("--threads", type=thread_count, default=None, help="model threads (default: $ARCFACE_THREADS, else all cores)")
     model.add_argument("--workers", type=int_range(0, 256), default=None,
                        help="decode-and-align processes (default: half the cores, at least 1; 0: none)")
     model.add_argument("--device", choices=DEVICES, default="cpu", help="default cpu")

@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="aligned faces to calibrate --precision int8 on")
     model.add_argument("--batch-size", type=int_range(1, 4096), default=DEFAULT_BATCH_SIZE,
                        help=f"images per forward pass (default {DEFAULT_BATCH_SIZE}; results do not depend on it)")
-    model.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: all cores)")
+    model.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: $ARCFACE_THREADS, else all cores)")
     model.add_argument("--device", choices=DEVICES, default="cpu", help="default cpu")
     model.add_argument("--cache-dir", type=Path, help="where exported Paddle Inference / ONNX models are cached "
                        "(default: a private folder under the system temp dir)")

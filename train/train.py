@@ -55,15 +55,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", help="output folder (default: the config's output, else work_dirs/<config>)")
     parser.add_argument("--max-steps", type=positive_int, help="stop after this global step (resumable)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="default cpu")
-    parser.add_argument("--threads", type=thread_count, help="CPU threads per process (default: cores / processes)")
+    parser.add_argument("--threads", type=thread_count,
+                        help="CPU threads per process (default: $ARCFACE_THREADS, else all cores; shared out "
+                             "between the processes)")
     return parser.parse_args(argv)
 
 
 def setup_device(device: str, world_size: int, threads: int | None) -> None:
-    from converters.runtime import set_threads
+    from converters.runtime import default_threads, set_threads
 
     # torch is needed only to write model.pt (rank 0) or read a .pth --init, neither thread-bound
-    set_threads(threads or max(1, (os.cpu_count() or 1) // world_size), torch=False)
+    set_threads(threads or max(1, default_threads() // world_size), torch=False)
     import paddle
 
     if device == "gpu":
