@@ -43,9 +43,9 @@ parity: $(STAMP)
 	$(PYTHON) -m pytest -q parity_tests
 
 # the architectures above 200 M weights (r2060, vit_l_dp005_mask_005, vit_h) through both converters with
-# per-layer parity at batch 2 and a bit-identical round trip; the per-layer forward parity and ONNX round trips
-# of the sizes `make test` leaves out (it checks the smallest of each family: r18, mbf, vit_t), a converted r50
-# on every evaluation backend and the model-pack-named r50 ONNX import;
+# per-layer parity at batch 2 and a bit-identical round trip, and the ONNX round trips of the sizes above
+# 25 M weights, the forward parity of r100, r200, vit_s and vit_b, a converted r50 on every evaluation backend and
+# the model-pack-named r50 ONNX import;
 # skipped by `make test` and `make parity`
 parity-large: $(STAMP)
 	ARCFACE_PARITY_LARGE=1 $(PYTHON) -m pytest -q -s parity_tests/test_large.py parity_tests/test_onnx_roundtrip.py \

@@ -6,7 +6,7 @@ import functools
 
 import pytest
 
-from parity_tests.archs import ARCHS, skip_outside_suite
+from parity_tests.archs import ARCHS, SUITE_PARAMETERS, skip_unless_large
 
 
 @functools.lru_cache(maxsize=1)  # one architecture's arrays at a time (r200 is ~0.5 GB)
@@ -33,9 +33,9 @@ def build_pair(arch: str, dtype: str = "float32"):
 
 @pytest.fixture(scope="module")
 def converted(arch):
-    """Models shared by the eval-mode tests of one architecture (they do not change state); sizes other than
-    the smallest of each family only under `make parity-large`."""
-    skip_outside_suite(arch)
+    """Models shared by the eval-mode tests of one architecture (they do not change state); the sizes above
+    ``SUITE_PARAMETERS`` only under `make parity-large`."""
+    skip_unless_large(arch, SUITE_PARAMETERS)
     return build_pair(arch)
 
 

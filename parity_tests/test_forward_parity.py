@@ -17,7 +17,7 @@ from converters.parity import (
     compare_train_forward,
     unbiased_running_var,
 )
-from parity_tests.archs import skip_outside_suite
+from parity_tests.archs import SUITE_PARAMETERS, skip_unless_large
 
 
 def assert_passes(report, rel_gate):
@@ -66,7 +66,7 @@ def test_train_forward_and_running_statistics_update(arch, fresh_pair):
     Paddle updates the running variance with the biased batch variance and torch with the unbiased one;
     the comparison applies the exact n/(n-1) correction, and the raw gap is checked to be what theory says.
     """
-    skip_outside_suite(arch)
+    skip_unless_large(arch, SUITE_PARAMETERS)
     _, _, ref, out = fresh_pair(arch)
     if hasattr(ref, "inject_randomness"):  # a ViT: both frameworks get the same patch and drop-path masks
         rng = np.random.default_rng(3)
