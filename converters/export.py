@@ -3,6 +3,8 @@
     python converters/export.py --weights W [--arch NAME] --format paddle-inference|onnx [--out DIR_OR_FILE]
                                 [--opset N] [--via paddle|torch] [--verify] [--input random|PACK.bin]
                                 [--batch N] [--seed N] [--threads N]
+                                [--precision fp32|bf16|int8 --calibration PACK.bin|FOLDER
+                                 [--calibration-images N] [--min-cosine C]]
 
 ``W`` is a ``.pth`` or ``.pdparams`` of any registered architecture, read by ``converters.weights``.
 
@@ -23,8 +25,23 @@ dygraph model, or the PyTorch reference for ``--via torch``), computed before ex
 batch 1 and ``--batch`` (the dynamic batch), and ``--batch`` real faces with ``--input PACK.bin``; the gates
 are the conversion's (worst relative error <= 5e-5, cosine >= 0.999999 per embedding). ``--verify`` also
 compares it with the other framework's model on the same inputs. Nothing is downloaded or installed.
-Exit codes: 0 exported and checked, 1 a gate failed (nothing is left under the output name), 2 a problem
-with the input or an option.
+
+Reduced precision (``--precision``), compared with fp32 on ``--calibration`` faces (a ``.bin`` pack or a
+folder of aligned faces, up to ``--calibration-images``, default 512):
+
+- ``bf16`` (``--format paddle-inference``, a CPU with AVX-512): the graph for Paddle Inference's oneDNN
+  bfloat16, each PReLU written as ``alpha * x + (1 - alpha) * relu(x)`` (Paddle's bf16 ``prelu`` kernel
+  reads its float32 slopes as bfloat16 and returns NaN); run it with ``PaddlePredictor(precision="bf16")``.
+- ``int8`` (``--format onnx``): onnxruntime's static quantization calibrated on the faces.
+
+The fp32 export is checked against the framework model first (the gates above), then the reduced one is
+compared with it on the calibration faces; an export whose smallest embedding cosine there is below
+``--min-cosine`` (default 0.995) is refused. A Paddle Inference folder holds ``export.json`` (arch,
+embedding size, precision, calibration, the guard's numbers); an ONNX file at reduced precision holds the same
+as ``arcface_bridge.*`` metadata entries.
+
+Exit codes: 0 exported and checked, 1 a gate or the guard failed (nothing is left under the output name), 2
+a problem with the input or an option.
 """
 
 from __future__ import annotations
@@ -52,10 +69,13 @@ if __package__ in (None, ""):
 
 import architectures  # noqa: E402
 from converters.binfile import IMAGE_SIZE  # noqa: E402
-from converters.cli import ArgumentParser, int_range, random_seed, thread_count  # noqa: E402
+from converters.cli import ArgumentParser, float_range, int_range, random_seed, thread_count  # noqa: E402
 from converters.errors import UserError, run_cli  # noqa: E402
+from converters.quantize import DEFAULT_LIMIT, DEFAULT_MINIMUM  # noqa: E402
 
 FORMATS = ("paddle-inference", "onnx")
+PRECISIONS = ("fp32", "bf16", "int8")
+DEFAULT_MIN_COSINE = 0.995  # a reduced-precision export below this min cosine to fp32 on its faces is refused
 VIAS = ("paddle", "torch")
 INPUT_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)  # every backbone takes [N, 3, 112, 112] RGB in [-1, 1]
 PADDLE_INPUT = "x"  # the Paddle Inference input handle
@@ -100,9 +120,15 @@ def _onednn_flag_off() -> Iterator[None]:
             paddle.set_flags({flag: True})
 
 
-def save_paddle_inference(model: Any, prefix: str | Path, name: str | Path | None = None) -> Path:
+def save_paddle_inference(model: Any, prefix: str | Path, name: str | Path | None = None,
+                          precision: str = "fp32") -> Path:
     """``paddle.jit.save`` an eval-mode Paddle backbone with a dynamic batch: ``<prefix>.json`` and
     ``<prefix>.pdiparams``, input ``x`` ``[None, 3, 112, 112]`` float32. Returns ``prefix``.
+
+    ``precision="bf16"`` writes the graph for oneDNN bfloat16: each PReLU is traced as
+    ``alpha * x + (1 - alpha) * relu(x)`` (``paddle_models.layers.LinearPReLU``), because Paddle's bf16
+    ``prelu`` kernel reads its float32 slopes as bfloat16 and returns NaN embeddings. The graph is float32
+    like any other (within one rounding per PReLU of the fp32 graph); ``model`` is left as it was.
 
     ``paddle.jit.save`` ignores failed writes (a full disk leaves a truncated ``model.json`` and parameters
     and no error): the files are checked, and an incomplete export is a ``UserError`` naming ``name``."""
@@ -113,8 +139,16 @@ def save_paddle_inference(model: Any, prefix: str | Path, name: str | Path | Non
         raise ValueError("export an eval-mode model: training mode would trace the ViT's masking and drop path")
     data_bytes = sum(int(np.prod(v.shape)) * 4 for v in model.state_dict().values())
     spec = [paddle.static.InputSpec([None, *INPUT_SHAPE], "float32", PADDLE_INPUT)]
-    with _onednn_flag_off():
-        paddle.jit.save(model, str(prefix), input_spec=spec)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    from paddle_models.layers import prelu_as_linear, restore_prelu
+
+    swapped = prelu_as_linear(model) if precision == "bf16" else []
+    try:
+        with _onednn_flag_off():
+            paddle.jit.save(model, str(prefix), input_spec=spec)
+    finally:
+        restore_prelu(swapped)
     try:
         json.loads(prefix.with_suffix(".json").read_text())
         complete = prefix.with_suffix(".pdiparams").stat().st_size >= data_bytes
@@ -148,6 +182,10 @@ class PaddlePredictor:
             if not self.bf16_supported():
                 raise RuntimeError("Paddle Inference bf16 needs a CPU with AVX-512 (avx512_core); this CPU has "
                                    "none, and enable_mkldnn_bfloat16 would silently run float32")
+            if graph_has_prelu(prefix):
+                raise RuntimeError("the graph holds PReLU operators, which Paddle's oneDNN bf16 kernel computes "
+                                   "with its float32 slopes read as bfloat16 (NaN embeddings); export it for bf16 "
+                                   "(export.py --precision bf16)")
         self.precision = precision
         config = pi.Config(str(prefix) + ".json", str(prefix) + ".pdiparams")
         if device == "gpu":
@@ -179,6 +217,11 @@ class PaddlePredictor:
         from paddle.base import core
 
         return bool(core.supports_bfloat16())
+
+
+def graph_has_prelu(prefix: str | Path) -> bool:
+    """Whether the Paddle Inference graph ``<prefix>.json`` holds a ``prelu`` operator."""
+    return '"#":"1.prelu"' in Path(str(prefix) + ".json").read_text()
 
 
 # ------------------------------------------------------------------------------------------------- ONNX
@@ -429,6 +472,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--opset", type=int_range(MIN_OPSET, max(MAX_OPSET.values())), default=None,
                         help=f"onnx: ONNX opset (default {DEFAULT_OPSET}; up to {MAX_OPSET['paddle']} via paddle, "
                         f"{MAX_OPSET['torch']} via torch)")
+    low = parser.add_argument_group("reduced precision")
+    low.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                     help="fp32 (default); bf16: a paddle-inference graph for oneDNN bfloat16 (CPUs with "
+                     "AVX-512); int8: onnx, onnxruntime's static quantization calibrated on --calibration")
+    low.add_argument("--calibration", type=Path, metavar="PACK.bin|FOLDER",
+                     help="aligned 112x112 faces (a .bin pack, or an image folder): int8 is calibrated on them, "
+                     "and a reduced-precision export is compared with fp32 on them")
+    low.add_argument("--calibration-images", type=int_range(DEFAULT_MINIMUM, 100000), default=DEFAULT_LIMIT,
+                     metavar="N", help=f"faces read from --calibration (default {DEFAULT_LIMIT})")
+    low.add_argument("--min-cosine", type=float_range(-1.0, 1.0), default=None,
+                     help="refuse a reduced-precision export whose smallest embedding cosine to fp32 on the "
+                     f"calibration faces is below this (default {DEFAULT_MIN_COSINE})")
     group = parser.add_argument_group("checking")
     group.add_argument("--verify", action="store_true",
                        help="also compare the export with the other framework's model")
@@ -461,15 +516,114 @@ def _route(args: argparse.Namespace) -> str:
     return via
 
 
+def _check_precision(args: argparse.Namespace) -> None:
+    """Refuse precision options that do not go together, before any work."""
+    if args.precision == "fp32":
+        for option, value in (("--calibration", args.calibration), ("--min-cosine", args.min_cosine)):
+            if value is not None:
+                raise UserError(option, "applies only to --precision bf16|int8")
+        return
+    if args.precision == "int8" and args.format != "onnx":
+        raise UserError("--precision", "int8 is written as ONNX (onnxruntime's static quantization): Paddle's "
+                        "post-training quantization does not run on Paddle Inference (PIR) exports in "
+                        "paddlepaddle 3.3.1; use --format onnx")
+    if args.precision == "bf16" and args.format != "paddle-inference":
+        raise UserError("--precision", "bf16 is Paddle Inference's oneDNN bfloat16; use --format paddle-inference")
+    if args.precision == "bf16" and not PaddlePredictor.bf16_supported():
+        raise UserError("--precision", "bf16 needs a CPU with AVX-512 (avx512_core); on this one Paddle "
+                        "Inference would silently run float32")
+    if args.calibration is None:
+        what = "calibrate on and compare with fp32 on" if args.precision == "int8" else "compare with fp32 on"
+        raise UserError("--calibration", f"--precision {args.precision} needs aligned faces (PACK.bin or an image "
+                        f"folder) to {what}")
+
+
+@dataclass
+class Guard:
+    """A reduced-precision export against the fp32 model on the calibration faces."""
+
+    precision: str
+    calibration: str
+    images: int
+    cosine_min: float
+    cosine_mean: float
+    min_cosine: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.cosine_min >= self.min_cosine)
+
+    def table(self) -> str:
+        from tabulate import tabulate
+
+        return tabulate([[self.precision, self.calibration, self.images, f"{self.cosine_min:.6f}",
+                          f"{self.cosine_mean:.6f}", f">= {self.min_cosine:g}", "PASS" if self.passed else "FAIL"]],
+                        headers=["precision", "faces", "images", "min cosine to fp32", "mean cosine",
+                                 "--min-cosine", "verdict"], disable_numparse=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"images": self.images, "cosine_min": self.cosine_min, "cosine_mean": self.cosine_mean,
+                "min_cosine": self.min_cosine}
+
+
+class GuardFailed(Exception):
+    """A reduced-precision export fell below ``--min-cosine``: nothing is written."""
+
+
+def batched(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """``run`` over ``images`` ``batch`` at a time, concatenated."""
+    return np.concatenate([run(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def reduce_precision(path: Path, args: argparse.Namespace, threads: int, calibration: np.ndarray,
+                     reference: np.ndarray, source_name: str) -> Guard:
+    """Make the written fp32 export at ``path`` the ``args.precision`` one (int8: quantize the ONNX file in
+    place; bf16: the graph is already the bf16 one) and measure it against ``reference``, the fp32 model's
+    embeddings of ``calibration``."""
+    from converters.parity import cosines
+
+    if args.precision == "int8":
+        from converters.quantize import quantize_onnx_int8
+
+        quantized = path.with_name(path.name + ".int8")
+        try:
+            quantize_onnx_int8(path, quantized, calibration)
+            os.replace(quantized, path)
+        finally:
+            quantized.unlink(missing_ok=True)
+        runner: Callable[[np.ndarray], np.ndarray] = OnnxRunner(path, threads)
+    else:
+        runner = PaddlePredictor(path / "model", threads, precision="bf16")
+    cos = cosines(reference, batched(runner, calibration))
+    threshold = DEFAULT_MIN_COSINE if args.min_cosine is None else args.min_cosine
+    return Guard(args.precision, source_name, len(calibration), float(cos.min()), float(cos.mean()), threshold)
+
+
+def write_metadata(path: Path, folder: bool, fields: dict[str, Any]) -> None:
+    """Record what an export is: ``export.json`` in a Paddle Inference folder; ``metadata_props`` entries
+    named ``arcface_bridge.<field>`` in an ONNX file (strings; nested values as JSON)."""
+    if folder:
+        (path / "export.json").write_text(json.dumps(fields, indent=2) + "\n")
+        return
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in fields.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = f"arcface_bridge.{key}", value if isinstance(value, str) else json.dumps(value)
+    onnx.save_model(model, str(path))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from converters.outputs import atomic_directory, atomic_output, check_outputs
 
     via = _route(args)
+    _check_precision(args)
     out = args.out or default_out(args.weights, args.format)
     folder = args.format == "paddle-inference"
-    check_outputs({"--weights": args.weights, "--input": None if args.input == "random" else Path(args.input)},
-                  {"--out": out}, folders=folder)  # before any work
+    check_outputs({"--weights": args.weights, "--input": None if args.input == "random" else Path(args.input),
+                   "--calibration": args.calibration}, {"--out": out}, folders=folder)  # before any work
     if folder and os.path.isdir(out) and any(out.iterdir()):
         raise UserError(out, "already exists and is not an empty folder; choose a new --out")
     if not folder and out.suffix.lower() != ".onnx":
@@ -490,6 +644,12 @@ def main(argv: list[str] | None = None) -> int:
                         "file can hold; use --format paddle-inference")
     log(f"{args.weights}: {arch}, {source.arch.description}")
     inputs = check_inputs(args.input, args.batch, args.seed)
+    calibration = calibration_name = None
+    if args.precision != "fp32":
+        from converters.quantize import calibration_images, calibration_key
+
+        calibration = calibration_images(args.calibration, args.calibration_images)
+        calibration_name = f"{args.calibration.name} ({len(calibration)} faces, sha256 {calibration_key(args.calibration)})"
 
     # the references run before anything is exported (tracing must not be what is compared against)
     names = {"paddle": "Paddle dygraph", "torch": "PyTorch reference"}
@@ -503,6 +663,9 @@ def main(argv: list[str] | None = None) -> int:
     for framework in frameworks:
         run = (paddle_forward if framework == "paddle" else torch_forward)(models[framework])
         references[names[framework]] = [run(x) for _, x in inputs]
+    low_reference = None
+    if calibration is not None:  # the fp32 model the export comes from, on the calibration faces
+        low_reference = batched((paddle_forward if via == "paddle" else torch_forward)(models[via]), calibration)
     opset = args.opset or DEFAULT_OPSET
     if args.format == "paddle-inference":
         what = "Paddle Inference (paddle.jit.save)"
@@ -515,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         with writer as tmp:
             t0 = time.perf_counter()
             if folder:
-                save_paddle_inference(models["paddle"], tmp / "model", name=out)
+                save_paddle_inference(models["paddle"], tmp / "model", name=out, precision=args.precision)
             elif via == "paddle":
                 onnx_via_paddle(models["paddle"], features, tmp, opset, upgrade=args.opset is None)
             else:
@@ -532,12 +695,33 @@ def main(argv: list[str] | None = None) -> int:
             print(results_table(rows, args.format, sizes))
             if not all(r.passed for r in rows):
                 raise GateFailed
+            guard = None
+            if calibration is not None:
+                log(f"{args.precision}: comparing with fp32 on {calibration_name}")
+                guard = reduce_precision(tmp, args, threads, calibration, low_reference, calibration_name)
+                print(guard.table())
+                if not guard.passed:
+                    raise GuardFailed(guard)
+                if not folder:
+                    sizes, opset = {out.name: tmp.stat().st_size / 2**20}, _opset_of(tmp)
+            metadata = {"arch": arch, "num_features": features, "precision": args.precision,
+                        "calibration": calibration_name, "guard": guard.to_json() if guard else None}
+            if folder or guard is not None:  # an ONNX file without these entries is fp32
+                write_metadata(tmp, folder, {k: v for k, v in metadata.items() if v is not None})
     except GateFailed:
         print(f"error: {out}: not written, a gate failed (rel <= {REL_GATE:g}, cosine >= {COSINE_GATE})",
               file=sys.stderr, flush=True)
         return 1
+    except GuardFailed as failed:
+        g = failed.args[0]
+        print(f"error: {out}: not written, the {g.precision} export's min embedding cosine to fp32 on "
+              f"{g.images} calibration faces is {g.cosine_min:.6f}, below --min-cosine {g.min_cosine:g}",
+              file=sys.stderr, flush=True)
+        return 1
     detail = "" if folder else f", opset {opset}, input {ONNX_INPUT} [{BATCH_DIM}, 3, 112, 112], " \
         f"output {ONNX_OUTPUT} [{BATCH_DIM}, {features}]"
+    if args.precision != "fp32":
+        detail += f", {args.precision}"
     print(f"wrote {out} ({arch}, {args.format}{detail}; {sum(sizes.values()):.1f} MiB), exported in "
           f"{seconds:.1f} s, checked against the {' and the '.join(references)} on {len(inputs)} inputs")
     return 0

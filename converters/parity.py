@@ -185,6 +185,18 @@ def _paddle_stream_hook(capture, label, record, layer, inputs, output):
 
 
 # --------------------------------------------------------------------------------------------- metrics
+def cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The cosine of each sample of ``out`` (rows of a ``[N, ...]`` array) with the same sample of ``ref``,
+    in float64; a zero sample has cosine 1 with an equal one and 0 otherwise."""
+    ref64 = np.asarray(ref, dtype=np.float64)
+    rows = ref64.reshape(ref64.shape[0], -1) if ref64.ndim > 1 else ref64.reshape(1, -1)
+    outs = np.asarray(out, dtype=np.float64).reshape(rows.shape)
+    norms = np.linalg.norm(rows, axis=1) * np.linalg.norm(outs, axis=1)
+    dots = np.sum(rows * outs, axis=1)
+    return np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0),
+                    np.where(np.linalg.norm(rows - outs, axis=1) == 0, 1.0, 0.0))
+
+
 def compare_arrays(ref: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
     """(max_abs, rel, min per-sample cosine) of ``out`` against ``ref``, computed in float64."""
     ref64 = np.asarray(ref, dtype=np.float64)
@@ -192,13 +204,7 @@ def compare_arrays(ref: np.ndarray, out: np.ndarray) -> tuple[float, float, floa
     diff = float(np.max(np.abs(out64 - ref64))) if ref64.size else 0.0
     scale = float(np.max(np.abs(ref64))) if ref64.size else 0.0
     rel = diff / scale if scale > 0 else diff
-    rows = ref64.reshape(ref64.shape[0], -1) if ref64.ndim > 1 else ref64.reshape(1, -1)
-    outs = out64.reshape(rows.shape)
-    norms = np.linalg.norm(rows, axis=1) * np.linalg.norm(outs, axis=1)
-    dots = np.sum(rows * outs, axis=1)
-    cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0),
-                   np.where(np.linalg.norm(rows - outs, axis=1) == 0, 1.0, 0.0))
-    return diff, rel, float(np.min(cos))
+    return diff, rel, float(np.min(cosines(ref64, out64)))
 
 
 def _row(layer: str, ref: np.ndarray, out: np.ndarray, rel_gate: float,

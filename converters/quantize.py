@@ -173,6 +173,23 @@ def quantize_onnx_int8(src_onnx: str | Path, dst_onnx: str | Path, images: np.nd
     return dst
 
 
+def calibration_key(calibration: str | Path) -> str:
+    """A short digest naming the calibration data (a file's bytes, or a folder's file names and sizes)."""
+    import hashlib
+
+    from converters.checkpoint import sha256_file
+
+    path = Path(calibration)
+    if path.is_file():
+        return sha256_file(path)[:16]
+    if not path.is_dir():
+        raise UserError(path, "no such calibration pack or folder")
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{item.relative_to(path)}\0{item.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 # ---------------------------------------------------------------------------------------------- Paddle
 def quantize_paddle_int8(model_prefix: str | Path, out_dir: str | Path, images: np.ndarray, **options: Any) -> Path:
     """Not available with paddlepaddle 3.3.1: see ``PADDLE_PTQ_UNAVAILABLE``."""

@@ -27,7 +27,8 @@ from .sources import INPUT_SHAPE, ModelSource
 BACKENDS = ("paddle-inference", "paddle", "torch", "onnx")
 DEVICES = ("cpu", "gpu")
 PRECISIONS = ("fp32", "bf16", "int8")
-# reduced precisions each backend offers: Paddle Inference's oneDNN bf16 (CPUs with AVX-512 only),
+# reduced precisions each backend offers: Paddle Inference's oneDNN bf16 (CPUs with AVX-512 only, on the
+# graph exported for it),
 # onnxruntime's int8 static quantization, PyTorch's bf16 autocast. Paddle's own post-training quantization
 # does not run on this project's Paddle Inference exports with paddlepaddle 3.3.1 (converters/quantize.py).
 REDUCED = {"paddle-inference": ("bf16",), "onnx": ("int8",), "torch": ("bf16",), "paddle": ()}
@@ -194,6 +195,7 @@ def make_embedder(source: ModelSource, backend: str, threads: int, device: str =
     from .export import export_paddle_inference
 
     try:
-        return PaddleInferenceEmbedder(export_paddle_inference(source, cache_dir), threads, device, precision)
+        return PaddleInferenceEmbedder(export_paddle_inference(source, cache_dir, precision), threads, device,
+                                       precision)
     except RuntimeError as err:  # bf16 on a CPU without AVX-512
         raise UserError(None, f"--precision {precision}: {err}") from None

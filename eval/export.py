@@ -65,19 +65,21 @@ def _cached(folder: Path, files: tuple[str, ...], build) -> Path:
     return folder
 
 
-def export_paddle_inference(source: ModelSource, cache_dir: str | Path | None = None) -> Path:
-    """``save_paddle_inference`` of the Paddle model, once per weights file; returns the prefix
-    (``<dir>/model``)."""
+def export_paddle_inference(source: ModelSource, cache_dir: str | Path | None = None,
+                            precision: str = "fp32") -> Path:
+    """``save_paddle_inference`` of the Paddle model, once per weights file and precision (``bf16``: the graph
+    for oneDNN bfloat16, its PReLUs written as multiply, add and relu); returns the prefix (``<dir>/model``)."""
     import paddle
 
     from converters.models import paddle_model
 
-    folder = cache_root(cache_dir) / f"{source.sha256[:32]}-{source.arch}-{source.num_features}-paddle{paddle.__version__}"
+    folder = cache_root(cache_dir) / (f"{source.sha256[:32]}-{source.arch}-{source.num_features}-paddle{paddle.__version__}"
+                                      + ("" if precision == "fp32" else f"-{precision}"))
 
     def build(tmp: Path) -> None:
-        log.info("exporting %s for Paddle Inference to %s", source.path, folder)
+        log.info("exporting %s for Paddle Inference (%s) to %s", source.path, precision, folder)
         model = paddle_model(source.arch, source.paddle_state(), source.num_features)
-        save_paddle_inference(model, tmp / "model", name=folder)
+        save_paddle_inference(model, tmp / "model", name=folder, precision=precision)
 
     return _cached(folder, ("model.json", "model.pdiparams"), build) / "model"
 
@@ -97,29 +99,12 @@ def cached_onnx(source: ModelSource, cache_dir: str | Path | None = None) -> Pat
     return _cached(folder, ("model.onnx",), build) / "model.onnx"
 
 
-def calibration_key(calibration: str | Path) -> str:
-    """A short digest naming the calibration data (a file's bytes, or a folder's file names and sizes)."""
-    import hashlib
-
-    from converters.checkpoint import sha256_file
-
-    path = Path(calibration)
-    if path.is_file():
-        return sha256_file(path)[:16]
-    if not path.is_dir():
-        raise UserError(path, "no such calibration pack or folder")
-    digest = hashlib.sha256()
-    for item in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{item.relative_to(path)}\0{item.stat().st_size}\n".encode())
-    return digest.hexdigest()[:16]
-
-
 def cached_int8(source: ModelSource, backend: str, calibration: str | Path,
                 cache_dir: str | Path | None = None) -> Path:
     """The int8 model of ``source`` for ``backend`` (``onnx``: onnxruntime's static quantization of the ONNX
     export), calibrated on the faces of ``calibration``, made once per weights file and calibration data.
     Returns the ``.onnx`` path."""
-    from converters.quantize import calibration_images, quantize_onnx_int8
+    from converters.quantize import calibration_images, calibration_key, quantize_onnx_int8
 
     key = calibration_key(calibration)
     if backend == "onnx":

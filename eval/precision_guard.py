@@ -15,13 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from converters.parity import cosines
+
 from .protocol import Verification, evaluate_flip, kfold, l2_normalize, pair_distances
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row of ``a`` with the same row of ``b`` (float64)."""
-    a, b = l2_normalize(a), l2_normalize(b)
-    return np.einsum("ij,ij->i", a, b)
 
 
 def decisions_at(embeddings: np.ndarray, thresholds: np.ndarray) -> np.ndarray:

@@ -53,6 +53,52 @@ def prelu(c: int) -> nn.PReLU:
     return nn.PReLU(num_parameters=c, init=0.25)
 
 
+class LinearPReLU(nn.Layer):
+    """A trained ``nn.PReLU`` rewritten as ``alpha * x + (1 - alpha) * relu(x)``: equal to PReLU for every
+    ``x`` (``x`` when ``x > 0``, ``alpha * x`` otherwise; in float32 within one rounding of the sum), built
+    from the multiply, add and relu operators only.
+
+    This is how a backbone is exported for Paddle Inference's oneDNN bfloat16. In paddlepaddle 3.3.1 the
+    bf16 placement pass runs ``prelu`` in bfloat16 but leaves its ``alpha`` weight in float32, and the
+    bf16 kernel reads those float32 bytes as bfloat16: a slope of 0.25 becomes 0 and trained per-channel
+    slopes become arbitrary values, so deep iresnets and MobileFaceNets return NaN embeddings. Multiply,
+    add and relu take their weights through the pass's quantize operators and stay exact.
+    """
+
+    def __init__(self, prelu_layer: nn.PReLU):
+        super().__init__()
+        if prelu_layer._data_format != "NCHW":
+            raise ValueError(f"LinearPReLU: data format {prelu_layer._data_format}, expected NCHW")
+        alpha = prelu_layer._weight.detach().astype("float32").flatten()
+        self.alpha = self.create_parameter(alpha.shape, dtype="float32")
+        self.alpha.set_value(alpha)
+        self.rest = self.create_parameter(alpha.shape, dtype="float32")
+        self.rest.set_value(1.0 - alpha)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        # one slope broadcasts as it is; per-channel slopes along axis 1
+        shape = [1, -1] + [1] * (x.ndim - 2) if self.alpha.shape[0] > 1 else [-1]
+        return self.alpha.reshape(shape) * x + self.rest.reshape(shape) * nn.functional.relu(x)
+
+
+def prelu_as_linear(model: nn.Layer) -> list[tuple[nn.Layer, str, nn.PReLU]]:
+    """Replace every ``nn.PReLU`` sublayer of ``model`` by its ``LinearPReLU``, in place; returns what was
+    replaced as ``(parent, name, layer)`` for ``restore_prelu``."""
+    swapped = []
+    for parent in list(model.sublayers(include_self=True)):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.PReLU):
+                setattr(parent, name, LinearPReLU(child))
+                swapped.append((parent, name, child))
+    return swapped
+
+
+def restore_prelu(swapped: list[tuple[nn.Layer, str, nn.PReLU]]) -> None:
+    """Undo ``prelu_as_linear``."""
+    for parent, name, layer in reversed(swapped):
+        setattr(parent, name, layer)
+
+
 def amp_enabled(fp16: bool, x: paddle.Tensor) -> bool:
     """Autocast only where Paddle has float16 kernels (not on CPU), as InsightFace autocasts on CUDA only.
 

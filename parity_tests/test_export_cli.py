@@ -138,10 +138,10 @@ def test_a_failed_gate_leaves_no_output(weights, tmp_path, capsys, monkeypatch):
     """Exporters that change one weight (as a wrong conversion would): exit 1, nothing written."""
     real_save, real_torch = export.save_paddle_inference, export.onnx_via_torch
 
-    def save_perturbed(model, prefix, name=None):
+    def save_perturbed(model, prefix, name=None, **options):
         weight = model.state_dict()["layers.0.layers.0.weight"]
         weight.set_value(weight.numpy() * np.float32(1.01))
-        return real_save(model, prefix, name)
+        return real_save(model, prefix, name, **options)
 
     def torch_perturbed(model, *args, **kwargs):
         import torch

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from converters.export import PaddlePredictor
 from eval.results import find_known, read_results
 from eval.verify import main
 
@@ -299,6 +300,23 @@ def test_int8_prints_the_accuracy_guard_against_fp32(r18_files, small_lfw, tmp_p
     assert 0.98 < guard["cosine_min"] <= guard["cosine_mean"] < 1.0
     assert guard["accuracy_difference"] == guard["accuracy"] - guard["accuracy_fp32"]
     assert f"{guard['pairs_judged_differently']}/10" in printed
+
+
+@pytest.mark.skipif(not PaddlePredictor.bf16_supported(), reason="Paddle Inference bf16 needs a CPU with AVX-512")
+def test_paddle_inference_bf16_prints_the_accuracy_guard_against_fp32(r18_files, small_lfw, tmp_path, capsys):
+    out_json = tmp_path / "out.json"
+    assert main(["--weights", str(r18_files["pdparams"]), "--data", str(small_lfw), "--backend", "paddle-inference",
+                 "--precision", "bf16", "--compare", "paddle-inference", "--cache-dir", str(r18_files["cache"]),
+                 "--batch-size", "20", "--threads", "2", "--no-progress", "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy guard: paddle-inference bf16 against paddle-inference on the same images" in printed
+    guard = json.loads(out_json.read_text())["small_lfw"]["precision_guard"]
+    assert guard["precision"] == "bf16" and guard["pairs"] == 10
+    # the graph exported for bf16 (PReLU as multiply, add and relu): finite, and close to fp32
+    assert 0.999 <= guard["cosine_min"] <= guard["cosine_mean"] < 1.0
+    assert guard["accuracy_difference"] == guard["accuracy"] - guard["accuracy_fp32"]
+    assert f"{guard['pairs_judged_differently']}/10" in printed
+    assert any(p.name.endswith("-bf16") for p in r18_files["cache"].iterdir())  # its own cached export
 
 
 @pytest.mark.parametrize("args, message", [
