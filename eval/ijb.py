@@ -1,7 +1,8 @@
 """IJB-B / IJB-C 1:1 verification with InsightFace's protocol (arcface_torch's ``eval_ijbc.py``), on a CPU.
 
     python eval/ijb.py --weights W --data ROOT --target IJBC|IJBB [--arch NAME]
-                       [--backend paddle-inference|paddle|torch|onnx] [--batch-size N] [--threads N]
+                       [--backend paddle-inference|paddle|torch|onnx] [--compare BACKEND]
+                       [--precision fp32|bf16|int8] [--calibration PACK.bin|FOLDER] [--batch-size N] [--threads N]
                        [--workers N] [--variant N1D1F1] [--cache DIR] [--cache-dir DIR] [--json OUT.json] [--results results.txt]
                        [--scores-dir DIR] [--plot roc.png] [--overlay EARLIER.npy ...] [--name NAME]
     python eval/ijb.py --features F.npy --data ROOT --target IJBC ...
@@ -20,7 +21,15 @@ media, L2-normalised; a pair's score is the dot product of its two templates. TA
 
 ``--features`` replaces the model: raw per-image features in ``face_tid_mid`` order, ``[N, 2, D]`` (face,
 mirror) or ``[N, D]`` already flip-summed; ``--cache DIR`` writes exactly such a ``features.npy`` and lets a
-killed run resume. Exit codes: 0 done, 2 a problem with an input (one line naming the file and line).
+killed run resume.
+
+``--precision bf16|int8`` evaluates the model at a reduced precision and always compares it with fp32 on
+the same images (the ``--compare`` backend, default the same backend at fp32): every face is decoded and
+aligned once and each batch embedded by both models; both TAR tables and the accuracy guard
+(``eval/ijb_guard.py``) are printed. ``--compare BACKEND`` alone compares two fp32 backends the same way.
+With two models ``--cache DIR`` keeps one cache per model, ``DIR/<backend>-<precision>``; a plain fp32 run's
+cache in ``DIR/<backend>-fp32`` serves as the reference's.
+Exit codes: 0 done, 2 a problem with an input (one line naming the file and line).
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ if __package__ in (None, ""):
 import architectures  # noqa: E402
 from converters.cli import ArgumentParser, int_range, thread_count  # noqa: E402
 from converters.errors import UserError, run_cli  # noqa: E402
-from eval.backends import BACKENDS, DEVICES  # noqa: E402
+from eval.backends import BACKENDS, DEVICES, PRECISIONS  # noqa: E402
 
 TARGETS = ("IJBC", "IJBB")
 DEFAULT_BATCH = 32  # faces per forward pass (each with its mirror: 64 rows)
@@ -63,13 +72,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--weights", type=Path, help=".pdparams, .pth/.pt or .onnx")
     model.add_argument("--arch", choices=architectures.names(), help="expected architecture (default: detected)")
     model.add_argument("--backend", choices=BACKENDS, help="default paddle-inference (onnx for an .onnx file)")
+    model.add_argument("--compare", choices=BACKENDS, metavar="BACKEND",
+                       help="also embed with this backend (fp32) and print the accuracy guard against it")
+    model.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="fp32 (default), bf16 (paddle-inference, torch) or int8 (onnx); a reduced precision "
+                       "is always compared with fp32 on the same images (the --compare backend, default the "
+                       "same backend) and its accuracy guard printed")
+    model.add_argument("--calibration", type=Path, metavar="PACK.bin|FOLDER",
+                       help="aligned faces to calibrate --precision int8 on")
     model.add_argument("--batch-size", type=int_range(1, 2048), default=DEFAULT_BATCH,
                        help=f"faces per forward pass, each with its mirror (default {DEFAULT_BATCH})")
     model.add_argument("--threads", type=thread_count, default=None, help="model threads (default: $ARCFACE_THREADS, else all cores)")
     model.add_argument("--workers", type=int_range(0, 256), default=None,
                        help="decode-and-align processes (default: half the cores, at least 1; 0: none)")
     model.add_argument("--device", choices=DEVICES, default="cpu", help="default cpu")
-    model.add_argument("--cache", type=Path, help="resumable feature cache folder")
+    model.add_argument("--cache", type=Path, help="resumable feature cache folder (with --precision or --compare: "
+                       "one subfolder per model, <backend>-<precision>)")
     model.add_argument("--cache-dir", type=Path, help="where exported Paddle Inference / ONNX models are cached "
                        "(default: a private folder under the system temp dir)")
     model.add_argument("--features", type=Path,
@@ -91,7 +109,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--overlay needs --plot")
     if args.features is not None and args.cache is not None:
         parser.error("--cache stores a model's features; with --features there is nothing to cache")
+    if args.features is not None:
+        for option, value in (("--precision", args.precision != "fp32"), ("--compare", args.compare),
+                              ("--calibration", args.calibration)):
+            if value:
+                parser.error(f"{option} needs a model (--weights); precomputed --features have no precision to "
+                             "compare")
+    if args.calibration is not None and args.precision != "int8":
+        parser.error("--calibration: calibrates --precision int8 only")
+    if args.weights is not None and args.compare == default_backend(args) and args.precision == "fp32":
+        parser.error(f"--compare {args.compare} is the backend being evaluated; choose another")
     return args
+
+
+def default_backend(args: argparse.Namespace) -> str:
+    """``--backend``, else onnx for an ``.onnx`` file and paddle-inference for other weights."""
+    return args.backend or ("onnx" if args.weights.suffix.lower() == ".onnx" else "paddle-inference")
+
+
+def run_labels(args: argparse.Namespace, name: str) -> list[str]:
+    """The runs' names in tables, plots and score files: ``name`` alone, or with a reduced precision or
+    ``--compare`` the evaluated model's and the reference's, each tagged with its backend and precision."""
+    if args.features is not None or (args.precision == "fp32" and args.compare is None):
+        return [name]
+    backend = default_backend(args)
+    evaluated = backend if args.precision == "fp32" else f"{backend}-{args.precision}"
+    return [f"{name}-{evaluated}", f"{name}-{args.compare or backend}"]
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -132,7 +175,11 @@ def load_features(path: Path, layout, variant):
 
 def model_features(args: argparse.Namespace, layout, variant):
     """Embed every face of the layout with the model (workers decode and align); ``(feats, source, backend,
-    stats)``."""
+    stats, embedders, cosines)``. With a reduced precision or ``--compare`` two embedders (the evaluated
+    model, then the fp32 reference) embed every batch; ``feats`` then holds one ``[N, D]`` array per embedder
+    and ``cosines`` the ``[N]`` per-image cosines of their raw flip-summed outputs (else None)."""
+    import numpy as np
+
     from converters.checkpoint import sha256_file
     from converters.runtime import set_threads
     from eval.backends import make_embedder
@@ -141,27 +188,60 @@ def model_features(args: argparse.Namespace, layout, variant):
 
     threads = set_threads(args.threads, torch=False)
     source = load_weights(args.weights, args.arch)
-    backend = args.backend or ("onnx" if source.kind == "onnx" else "paddle-inference")
-    embedder = make_embedder(source, backend, threads, args.device, args.cache_dir)
+    backend = default_backend(args)
+    reduced = args.precision != "fp32"
+    embedders = [make_embedder(source, backend, threads, args.device, args.cache_dir, args.precision,
+                               args.calibration)]
+    compare = args.compare or (backend if reduced else None)  # a reduced precision is always compared with fp32
+    if compare:
+        embedders.append(make_embedder(source, compare, threads, args.device, args.cache_dir))
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) // 2)
-    log.info("%s: %s, sha256 %s...; backend %s, %d threads, %d decode worker%s, batch %d faces", args.weights,
-             source.label, source.sha256[:16], backend, threads, workers, "" if workers == 1 else "s",
-             args.batch_size)
+    log.info("%s: %s, sha256 %s...; backend %s%s, %d threads, %d decode worker%s, batch %d faces", args.weights,
+             source.label, source.sha256[:16], embedders[0].name,
+             f" (compared with {embedders[1].name} on the same images)" if compare else "", threads, workers,
+             "" if workers == 1 else "s", args.batch_size)
     source.release()
-    cache = None
+    caches = None
     if args.cache:
         key = {"weights_sha256": source.sha256, "backend": backend, "device": args.device, "target": args.target,
                "landmarks_sha256": sha256_file(layout.paths.name_5pts_score)}
-        cache = FeatureCache(args.cache, key, len(layout.names))
-    feats, stats = extract_features(layout, embedder, variant, args.batch_size, workers, cache,
-                                    progress=not args.no_progress)
+        if not compare:
+            caches = FeatureCache(args.cache, key, len(layout.names))
+        else:  # one cache per model, in a subfolder named after its backend and precision
+            low = dict(key)
+            if reduced:
+                low["precision"] = args.precision
+            if args.precision == "int8":
+                from converters.quantize import calibration_key
+
+                low["calibration"] = calibration_key(args.calibration)
+            first = FeatureCache(args.cache / f"{backend}-{args.precision}", low, len(layout.names))
+            try:
+                caches = [first, FeatureCache(args.cache / f"{compare}-fp32", {**key, "backend": compare},
+                                              len(layout.names))]
+            except BaseException:
+                first.close()  # its lock
+                raise
+    cosines = np.empty(len(layout.names), np.float64) if compare else None
+
+    def image_cosines(start: int, raws) -> None:
+        from eval.ijb_guard import flip_sum_cosines
+
+        cosines[start:start + len(raws[0])] = flip_sum_cosines(raws[1], raws[0])
+
+    feats, stats = extract_features(layout, embedders if compare else embedders[0], variant, args.batch_size,
+                                    workers, caches, progress=not args.no_progress,
+                                    on_raw=image_cosines if compare else None)
     for note in stats.notes:
         log.info(note)
     if stats.images:
         log.info("embedded %d faces in %.1f s: model %.1f faces/s (each with its mirror), decode + align %.0f "
                  "images/s (%d worker%s)", stats.images, stats.wall_seconds, stats.model_rate, stats.align_rate,
                  workers, "" if workers == 1 else "s")
-    return feats, source, backend, stats
+        if compare:
+            log.info("faces/s of each model: %s", ", ".join(
+                f"{e.name} {stats.images / t:.1f}" for e, t in zip(embedders, stats.embedder_seconds) if t))
+    return feats, source, backend, stats, embedders, cosines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,10 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         raise UserError(None, f"--variant: {err}") from None
     name = run_name(args)
-    scores_path = args.scores_dir / f"{name}_{args.target.lower()}.npy" if args.scores_dir else None
-    inputs = {"--weights": [args.weights], "--features": [args.features], "--overlay": args.overlay}
+    labels = run_labels(args, name)
+    scores_paths = [args.scores_dir / f"{label}_{args.target.lower()}.npy" for label in labels] \
+        if args.scores_dir else []
+    inputs = {"--weights": [args.weights], "--features": [args.features], "--overlay": args.overlay,
+              "--calibration": [args.calibration]}
     check_outputs(inputs, {"--json": args.json, "--results": args.results, "--plot": args.plot,
-                           "--scores-dir": scores_path})
+                           "--scores-dir": scores_paths})
     table = read_results(args.results) if args.results else None  # a bad results file fails before the work
     # saved as <name>_<target>.npy: labelled <name>
     overlays = [(re.sub(r"_ijb[bc]$", "", p.stem), _read_scores(p)) for p in args.overlay]
@@ -208,36 +291,62 @@ def main(argv: list[str] | None = None) -> int:
         if len(s) != len(layout.labels):
             raise UserError(path, f"{len(s)} scores, but the layout has {len(layout.labels)} pairs")
     source = backend = None
+    embedders, cosines = [], None
     if args.features is not None:
         t0 = time.perf_counter()
         feats = load_features(args.features, layout, variant)
         log.info("%s: %d x %d image features (%s) in %.1f s", args.features, *feats.shape, variant.name,
                  time.perf_counter() - t0)
+        runs = [feats]
     else:
-        feats, source, backend, _ = model_features(args, layout, variant)
+        feats, source, backend, _, embedders, cosines = model_features(args, layout, variant)
+        runs = feats if isinstance(feats, list) else [feats]
+    del feats
 
     t0 = time.perf_counter()
-    template_feats, unique_templates = aggregate_templates(feats, layout.templates, layout.medias)
-    del feats
-    try:
-        scores = pair_scores(template_feats, unique_templates, layout.p1, layout.p2)
-    except ValueError as err:
-        raise UserError(layout.paths.template_pair_label, str(err)) from None
-    del template_feats
-    tars = tar_at_far(layout.labels, scores)
+    all_scores, all_tars = [], []
+    while runs:  # one model at a time, its image features dropped once scored
+        template_feats, unique_templates = aggregate_templates(runs.pop(0), layout.templates, layout.medias)
+        try:
+            scores = pair_scores(template_feats, unique_templates, layout.p1, layout.p2)
+        except ValueError as err:
+            raise UserError(layout.paths.template_pair_label, str(err)) from None
+        del template_feats
+        all_scores.append(scores)
+        try:
+            all_tars.append(tar_at_far(layout.labels, scores))
+        except ValueError as err:  # e.g. a reduced precision's NaN embeddings
+            raise UserError(args.weights or args.features, f"[{labels[len(all_tars)]}] {err}") from None
     log.info("templates, scores and TAR table in %.1f s", time.perf_counter() - t0)
-    print(format_table({name: tars}, args.target), flush=True)
+    print(format_table(dict(zip(labels, all_tars)), args.target), flush=True)
+    scores, tars = all_scores[0], all_tars[0]
 
     result = {"target": args.target, "variant": variant.name, "images": len(layout.names),
               "templates": len(unique_templates), "pairs": len(layout.labels),
               "genuine_pairs": int(layout.labels.sum()),
               "tar_at_far": {f"{far:.0e}": float(tars[far]) for far in FARS},
               "weights": str(args.weights or args.features),
-              "backend": backend or "precomputed", "arch": source.arch if source else None}
-    if scores_path is not None:
-        _save_scores(scores_path, scores)
+              "backend": backend or "precomputed", "precision": args.precision if source else None,
+              "arch": source.arch if source else None}
+    if len(embedders) > 1:
+        from eval.ijb_guard import guard_text, ijb_guard
+
+        try:
+            guard = ijb_guard(layout.labels, all_scores[1], scores, cosines)
+        except ValueError as err:
+            raise UserError(args.weights, f"[{embedders[0].name}] {err}") from None
+        reduced = args.precision != "fp32"
+        print(f"{'accuracy guard' if reduced else 'comparison'}: {embedders[0].name} against {embedders[1].name} "
+              "on the same images", flush=True)
+        print(guard_text(guard, args.precision if reduced else embedders[0].name,
+                         "fp32" if reduced else embedders[1].name), flush=True)
+        result["precision_guard" if reduced else "compare"] = {
+            "precision": args.precision, "backend": embedders[0].name, "reference": embedders[1].name,
+            **guard.to_json()}
+    for path, run_scores in zip(scores_paths, all_scores):
+        _save_scores(path, run_scores)
     if args.plot:
-        _plot(args.plot, layout.labels, [(name, scores), *overlays], args.target)
+        _plot(args.plot, layout.labels, [*zip(labels, all_scores), *overlays], args.target)
         log.info("wrote %s", args.plot)
     if args.json:
         from converters.outputs import atomic_output
@@ -246,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             tmp.write_text(json.dumps(result, indent=1) + "\n")
         log.info("wrote %s", args.json)
     if table is not None:
-        _add_row(table, args, source, backend, variant, tars)
+        for i, run_tars in enumerate(all_tars):
+            _add_row(table, args, source, embedders[i].name if len(embedders) > 1 else backend, variant, run_tars)
         table.write(args.results)
         log.info("wrote %s", args.results)
     return 0

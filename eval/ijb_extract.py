@@ -5,13 +5,16 @@ the ArcFace template (``eval.align``) by a pool of worker processes, a bounded n
 model, so decoding runs beside the forward passes. The main process embeds each aligned face and its
 horizontal mirror in one batch and turns the two raw outputs into the image's feature at once
 (``ijb_protocol.image_features``: flip sum, norm and detector-score handling of the chosen variant). Only
-the ``[N, D]`` float32 image features stay in memory, plus the chunks in flight.
+the ``[N, D]`` float32 image features stay in memory, plus the chunks in flight. Given several embedders
+(a reduced-precision model and its fp32 reference), every image is still decoded and aligned once and each
+batch embedded by all of them; there is then one ``[N, D]`` array per embedder.
 
 ``FeatureCache`` (``--cache DIR``) makes a long run resumable: the raw ``[N, 2, D]`` outputs (face, mirror)
 are appended to ``DIR/features.partial.npy`` and the count of images done is committed after each
 ``fsync``; a killed run restarts at the last committed image. When every image is done the file becomes
 ``DIR/features.npy``, which ``eval/ijb.py --features`` reads directly (same row order as
-``<t>_face_tid_mid.txt``).
+``<t>_face_tid_mid.txt``). With several embedders each has its own cache; a run resumes at the fewest
+images any of them holds.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -231,10 +234,11 @@ class ExtractStats:
     images: int = 0  # embedded in this run
     cached: int = 0  # read back from the cache
     align_seconds: float = 0.0  # summed over the workers
-    model_seconds: float = 0.0
+    model_seconds: float = 0.0  # all embedders together
     wall_seconds: float = 0.0
     workers: int = 0
     notes: list[str] = field(default_factory=list)
+    embedder_seconds: list[float] = field(default_factory=list)  # each embedder's share of model_seconds
 
     @property
     def align_rate(self) -> float:
@@ -244,71 +248,117 @@ class ExtractStats:
 
     @property
     def model_rate(self) -> float:
-        """Faces embedded per second (each with its mirror)."""
+        """Faces embedded per second (each with its mirror; by all embedders in turn)."""
         return self.images / self.model_seconds if self.model_seconds else float("nan")
 
 
-def embed_faces(embedder: Embedder, crops: np.ndarray, batch_size: int) -> np.ndarray:
+def _many(embedder: Embedder | Sequence[Embedder]) -> tuple[list[Embedder], bool]:
+    """``(embedders, one)``: a single embedder, or a list or tuple of them."""
+    if isinstance(embedder, (list, tuple)):
+        if not embedder:
+            raise ValueError("no embedder given")
+        return list(embedder), False
+    return [embedder], True
+
+
+def embed_faces(embedder: Embedder | Sequence[Embedder], crops: np.ndarray, batch_size: int,
+                seconds: list[float] | None = None) -> np.ndarray | list[np.ndarray]:
     """Raw outputs ``[n, 2, D]`` of aligned RGB faces ``[n, 112, 112, 3]`` and their mirrors, ``batch_size``
-    faces (``2 * batch_size`` rows: each face next to its mirror) per forward pass."""
+    faces (``2 * batch_size`` rows: each face next to its mirror) per forward pass.
+
+    Given a list of embedders, each batch is normalised once and embedded by every one of them in turn; the
+    result is then one ``[n, 2, D]`` array per embedder (and ``seconds[i]``, if given, grows by embedder
+    ``i``'s time)."""
     from converters.images import normalize
 
-    out = []
+    embedders, one = _many(embedder)
+    out: list[list[np.ndarray]] = [[] for _ in embedders]
     for start in range(0, len(crops), batch_size):
         faces = crops[start:start + batch_size]
-        both = np.stack([faces, faces[:, :, ::-1]], axis=1).reshape(-1, *faces.shape[1:])
-        emb = embedder(normalize(both))
-        out.append(emb.reshape(len(faces), 2, -1))
-    return np.concatenate(out) if len(out) > 1 else out[0]
+        both = normalize(np.stack([faces, faces[:, :, ::-1]], axis=1).reshape(-1, *faces.shape[1:]))
+        for i, model in enumerate(embedders):
+            t0 = time.perf_counter()
+            emb = model(both)
+            if seconds is not None:
+                seconds[i] += time.perf_counter() - t0
+            out[i].append(emb.reshape(len(faces), 2, -1))
+    results = [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in out]
+    return results[0] if one else results
 
 
-def extract_features(layout: IjbLayout, embedder: Embedder, variant: Variant, batch_size: int, workers: int,
-                     cache: FeatureCache | None = None, progress: bool = True,
-                     chunk: int | None = None) -> tuple[np.ndarray, ExtractStats]:
-    """The ``[N, D]`` float32 image features of ``layout`` under ``variant``, with timing statistics."""
+def extract_features(layout: IjbLayout, embedder: Embedder | Sequence[Embedder], variant: Variant, batch_size: int,
+                     workers: int, cache: FeatureCache | Sequence[FeatureCache | None] | None = None,
+                     progress: bool = True, chunk: int | None = None,
+                     on_raw: Callable[[int, list[np.ndarray]], None] | None = None
+                     ) -> tuple[np.ndarray | list[np.ndarray], ExtractStats]:
+    """The ``[N, D]`` float32 image features of ``layout`` under ``variant``, with timing statistics.
+
+    ``embedder`` may be a list of embedders: every image is then decoded and aligned once and each batch
+    embedded by all of them, and the result is one ``[N, D]`` array per embedder. ``cache`` is then a list
+    too (one cache or None per embedder); a run resumes at the fewest images any of them holds, and rows a
+    cache already holds are not written again. ``on_raw(start, [raw, ...])`` sees the raw ``[n, 2, D]``
+    outputs of rows ``start:start+n`` of every embedder, read from the caches or embedded, each row once
+    and in order."""
     from tqdm import tqdm
 
     from .ijb_protocol import image_features
 
+    embedders, one = _many(embedder)
+    caches = list(cache) if isinstance(cache, (list, tuple)) else [cache] * (len(embedders) if cache is None else 1)
+    if len(caches) != len(embedders):
+        raise ValueError(f"{len(caches)} caches for {len(embedders)} embedders")
     n = len(layout.names)
     chunk = chunk or 2 * batch_size  # faces per worker task
-    stats = ExtractStats(workers=workers)
+    stats = ExtractStats(workers=workers, embedder_seconds=[0.0] * len(embedders))
     t_start = time.perf_counter()
-    feats: np.ndarray | None = None
+    feats: list[np.ndarray | None] = [None] * len(embedders)
 
-    def store(start: int, raw: np.ndarray) -> None:
-        nonlocal feats
-        part = image_features(raw, layout.faceness[start:start + len(raw)], variant)
-        if feats is None:
-            feats = np.empty((n, part.shape[1]), np.float32)
-        feats[start:start + len(raw)] = part
+    def store(start: int, raws: list[np.ndarray]) -> None:
+        for i, raw in enumerate(raws):
+            part = image_features(raw, layout.faceness[start:start + len(raw)], variant)
+            if feats[i] is None:
+                feats[i] = np.empty((n, part.shape[1]), np.float32)
+            feats[i][start:start + len(raw)] = part
+        if on_raw is not None:
+            on_raw(start, raws)
 
     first = 0
-    if cache is not None:
-        for start, raw in cache.read_done():
-            store(start, raw)
-        first = stats.cached = cache.done
-        if first:
-            stats.notes.append(f"{first} of {n} images read from the cache {cache.folder}")
-    bar = tqdm(total=n, initial=first, unit="img", desc="IJB features", disable=not progress, leave=False,
-               dynamic_ncols=True)
     try:
-        with AlignPool(workers) as pool:
-            for start, crops, seconds in pool.run(align_tasks(layout, first, chunk)):
-                stats.align_seconds += seconds
-                t0 = time.perf_counter()
-                raw = embed_faces(embedder, crops, batch_size)
-                stats.model_seconds += time.perf_counter() - t0
-                if cache is not None:
-                    cache.append(start, raw)
-                store(start, raw)
-                stats.images += len(crops)
-                bar.update(len(crops))
+        if all(c is not None for c in caches):
+            first = min(c.done for c in caches)
+            # every cache's read_done chunks alike, so the rows below `first` come in step from all of them
+            for parts in zip(*(c.read_done() for c in caches)):
+                start = parts[0][0]
+                if start >= first:
+                    break
+                store(start, [raw[:first - start] for _, raw in parts])
+            stats.cached = first
+            if first:
+                where = ", ".join(str(c.folder) for c in caches)
+                stats.notes.append(f"{first} of {n} images read from the cache {where}")
+        bar = tqdm(total=n, initial=first, unit="img", desc="IJB features", disable=not progress, leave=False,
+                   dynamic_ncols=True)
+        try:
+            with AlignPool(workers) as pool:
+                for start, crops, seconds in pool.run(align_tasks(layout, first, chunk)):
+                    stats.align_seconds += seconds
+                    t0 = time.perf_counter()
+                    raws = embed_faces(embedders, crops, batch_size, stats.embedder_seconds)
+                    stats.model_seconds += time.perf_counter() - t0
+                    for c, raw in zip(caches, raws):
+                        if c is not None and start + len(raw) > c.done_written:  # rows it lacks
+                            skip = c.done_written - start
+                            c.append(c.done_written, raw[skip:])
+                    store(start, raws)
+                    stats.images += len(crops)
+                    bar.update(len(crops))
+        finally:
+            bar.close()
     finally:
-        bar.close()
-        if cache is not None:
-            cache.close()
+        for c in caches:
+            if c is not None:
+                c.close()
     stats.wall_seconds = time.perf_counter() - t_start
-    if feats is None:  # no image at all: the layout reader refuses that, kept for safety
+    if feats[0] is None:  # no image at all: the layout reader refuses that, kept for safety
         raise UserError(layout.root, "no images to embed")
-    return feats, stats
+    return (feats[0] if one else feats), stats
