@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--weights needs --data")
     if args.embeddings is not None and args.issame is None:
         parser.error("--embeddings needs --issame")
+    if args.calibration is not None and args.precision != "int8":
+        parser.error("--calibration: calibrates --precision int8 only")
     return args
 
 

@@ -322,6 +322,8 @@ def test_paddle_inference_bf16_prints_the_accuracy_guard_against_fp32(r18_files,
 @pytest.mark.parametrize("args, message", [
     (["--backend", "paddle", "--precision", "bf16"], "--precision bf16 is not available with --backend paddle"),
     (["--backend", "onnx", "--precision", "int8"], "--precision int8 needs --calibration"),
+    (["--backend", "paddle-inference", "--precision", "bf16", "--calibration", "x.bin"],
+     "--calibration: calibrates --precision int8 only"),
     (["--backend", "paddle-inference", "--precision", "int8", "--calibration", "x.bin"],
      "--precision int8 is not available with --backend paddle-inference (use --backend onnx)"),
 ])
