@@ -32,7 +32,10 @@ folder of aligned faces, up to ``--calibration-images``, default 512):
 - ``bf16`` (``--format paddle-inference``, a CPU with AVX-512): the graph for Paddle Inference's oneDNN
   bfloat16, each PReLU written as ``alpha * x + (1 - alpha) * relu(x)`` (Paddle's bf16 ``prelu`` kernel
   reads its float32 slopes as bfloat16 and returns NaN); run it with ``PaddlePredictor(precision="bf16")``.
-- ``int8`` (``--format onnx``): onnxruntime's static quantization calibrated on the faces.
+- ``int8``, calibrated on the faces: ``--format paddle-inference``, ``paddle.quantization.PTQ`` on the Paddle
+  model saved as a legacy program (``model.pdmodel`` + ``model.pdiparams``, int8 weights) that Paddle
+  Inference runs with oneDNN int8 kernels (``PaddlePredictor(precision="int8")``); ``--format onnx``,
+  onnxruntime's static quantization of the ONNX export.
 
 The fp32 export is checked against the framework model first (the gates above), then the reduced one is
 compared with it on the calibration faces; an export whose smallest embedding cosine there is below
@@ -47,7 +50,6 @@ a problem with the input or an option.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -57,7 +59,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -100,26 +102,6 @@ class ExportFailed(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------- Paddle Inference
-@contextlib.contextmanager
-def _onednn_flag_off() -> Iterator[None]:
-    """``paddle.jit.to_static`` / ``jit.save`` with ``FLAGS_use_mkldnn`` on segfaults: off while tracing
-    (a predictor switches oneDNN on in its own config)."""
-    import paddle
-
-    flag = "FLAGS_use_mkldnn"
-    try:
-        on = bool(paddle.get_flags([flag])[flag])
-    except (ValueError, KeyError):
-        on = False
-    if on:
-        paddle.set_flags({flag: False})
-    try:
-        yield
-    finally:
-        if on:
-            paddle.set_flags({flag: True})
-
-
 def save_paddle_inference(model: Any, prefix: str | Path, name: str | Path | None = None,
                           precision: str = "fp32") -> Path:
     """``paddle.jit.save`` an eval-mode Paddle backbone with a dynamic batch: ``<prefix>.json`` and
@@ -141,11 +123,12 @@ def save_paddle_inference(model: Any, prefix: str | Path, name: str | Path | Non
     spec = [paddle.static.InputSpec([None, *INPUT_SHAPE], "float32", PADDLE_INPUT)]
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    from converters.runtime import onednn_flag_off
     from paddle_models.layers import prelu_as_linear, restore_prelu
 
     swapped = prelu_as_linear(model) if precision == "bf16" else []
     try:
-        with _onednn_flag_off():
+        with onednn_flag_off():
             paddle.jit.save(model, str(prefix), input_spec=spec)
     finally:
         restore_prelu(swapped)
@@ -164,21 +147,26 @@ class PaddlePredictor:
     """A ``paddle.inference`` predictor on ``<prefix>.json`` + ``<prefix>.pdiparams``: a batch
     ``[N, 3, 112, 112]`` float32 in, ``[N, D]`` out. On CPU: oneDNN and ``threads`` math threads.
 
-    ``precision="bf16"`` runs oneDNN in bfloat16 (``enable_mkldnn_bfloat16``). Paddle enables it only on a
-    CPU with AVX-512 (``avx512_core``; emulated unless the CPU also has ``avx512_bf16``) and otherwise
-    silently keeps float32, so on any other CPU this raises ``RuntimeError`` instead of returning a float32
-    predictor under the bf16 name. A bf16 batch with a non-finite embedding also raises ``RuntimeError``."""
+    ``precision="bf16"`` runs oneDNN in bfloat16 (``enable_mkldnn_bfloat16``) on the graph exported for it
+    (``save_paddle_inference(..., precision="bf16")``; a graph holding ``prelu`` is refused). Paddle enables
+    bf16 only on a CPU with AVX-512 (``avx512_core``) and otherwise silently keeps float32, so on any other CPU
+    this raises ``RuntimeError`` instead of returning a float32 predictor under the bf16 name.
 
-    PRECISIONS = ("fp32", "bf16")
+    ``precision="int8"`` runs ``converters.quantize.quantize_paddle_int8``'s model (``<prefix>.pdmodel`` +
+    ``<prefix>.pdiparams``) with oneDNN int8 kernels (``paddle_int8_config``).
+
+    A reduced-precision batch with a non-finite embedding raises ``RuntimeError``."""
+
+    PRECISIONS = ("fp32", "bf16", "int8")
 
     def __init__(self, prefix: str | Path, threads: int, device: str = "cpu", precision: str = "fp32"):
         import paddle.inference as pi
 
         if precision not in self.PRECISIONS:
             raise ValueError(f"precision {precision!r}: expected one of {', '.join(self.PRECISIONS)}")
+        if precision != "fp32" and device != "cpu":
+            raise ValueError(f"precision {precision!r} is a CPU (oneDNN) precision")
         if precision == "bf16":
-            if device != "cpu":
-                raise ValueError("precision 'bf16' is a CPU (oneDNN) precision")
             if not self.bf16_supported():
                 raise RuntimeError("Paddle Inference bf16 needs a CPU with AVX-512 (avx512_core); this CPU has "
                                    "none, and enable_mkldnn_bfloat16 would silently run float32")
@@ -187,16 +175,24 @@ class PaddlePredictor:
                                    "with its float32 slopes read as bfloat16 (NaN embeddings); export it for bf16 "
                                    "(export.py --precision bf16)")
         self.precision = precision
-        config = pi.Config(str(prefix) + ".json", str(prefix) + ".pdiparams")
-        if device == "gpu":
-            config.enable_use_gpu(256, 0)
+        if precision == "int8":
+            from converters.quantize import PADDLE_MODEL_SUFFIX, paddle_int8_config
+
+            if not Path(str(prefix) + PADDLE_MODEL_SUFFIX).is_file():
+                raise RuntimeError(f"no {Path(str(prefix) + PADDLE_MODEL_SUFFIX).name}: an int8 predictor runs a "
+                                   "model quantized for Paddle Inference (export.py --precision int8)")
+            config = paddle_int8_config(prefix, threads)
         else:
-            config.disable_gpu()
-            config.set_cpu_math_library_num_threads(threads)
-            config.enable_mkldnn()  # oneDNN: the fast CPU path (never FLAGS_use_mkldnn with to_static)
-            if precision == "bf16":
-                config.enable_mkldnn_bfloat16()
-        config.disable_glog_info()
+            config = pi.Config(str(prefix) + ".json", str(prefix) + ".pdiparams")
+            if device == "gpu":
+                config.enable_use_gpu(256, 0)
+            else:
+                config.disable_gpu()
+                config.set_cpu_math_library_num_threads(threads)
+                config.enable_mkldnn()  # oneDNN: the fast CPU path (never FLAGS_use_mkldnn with to_static)
+                if precision == "bf16":
+                    config.enable_mkldnn_bfloat16()
+            config.disable_glog_info()
         self.predictor = pi.create_predictor(config)
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         self.output_name = self.predictor.get_output_names()[0]
@@ -206,10 +202,17 @@ class PaddlePredictor:
         self.input.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
         self.predictor.run()
         out = self.predictor.get_output_handle(self.output_name).copy_to_cpu()
-        if self.precision == "bf16" and not np.isfinite(out).all():
-            raise RuntimeError(f"the bf16 predictor returned non-finite embeddings for "
+        if self.precision != "fp32" and not np.isfinite(out).all():
+            raise RuntimeError(f"the {self.precision} predictor returned non-finite embeddings for "
                                f"{int((~np.isfinite(out).all(axis=1)).sum())} of {len(out)} images")
         return out
+
+    @staticmethod
+    def int8_supported() -> bool:
+        """Whether Paddle Inference runs oneDNN int8 kernels on this CPU."""
+        from paddle.base import core
+
+        return bool(core.supports_int8())
 
     @staticmethod
     def bf16_supported() -> bool:
@@ -475,7 +478,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     low = parser.add_argument_group("reduced precision")
     low.add_argument("--precision", choices=PRECISIONS, default="fp32",
                      help="fp32 (default); bf16: a paddle-inference graph for oneDNN bfloat16 (CPUs with "
-                     "AVX-512); int8: onnx, onnxruntime's static quantization calibrated on --calibration")
+                     "AVX-512); int8: calibrated on --calibration, paddle-inference (paddle.quantization.PTQ, "
+                     "oneDNN int8) or onnx (onnxruntime's static quantization)")
     low.add_argument("--calibration", type=Path, metavar="PACK.bin|FOLDER",
                      help="aligned 112x112 faces (a .bin pack, or an image folder): int8 is calibrated on them, "
                      "and a reduced-precision export is compared with fp32 on them")
@@ -523,10 +527,9 @@ def _check_precision(args: argparse.Namespace) -> None:
             if value is not None:
                 raise UserError(option, "applies only to --precision bf16|int8")
         return
-    if args.precision == "int8" and args.format != "onnx":
-        raise UserError("--precision", "int8 is written as ONNX (onnxruntime's static quantization): Paddle's "
-                        "post-training quantization does not run on Paddle Inference (PIR) exports in "
-                        "paddlepaddle 3.3.1; use --format onnx")
+    if args.precision == "int8" and args.format == "paddle-inference" and not PaddlePredictor.int8_supported():
+        raise UserError("--precision", "int8 for Paddle Inference needs a CPU with oneDNN int8 support (AVX-512 "
+                        "or AVX-VNNI); use --format onnx")
     if args.precision == "bf16" and args.format != "paddle-inference":
         raise UserError("--precision", "bf16 is Paddle Inference's oneDNN bfloat16; use --format paddle-inference")
     if args.precision == "bf16" and not PaddlePredictor.bf16_supported():
@@ -577,12 +580,20 @@ def batched(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: 
 
 def reduce_precision(path: Path, args: argparse.Namespace, threads: int, calibration: np.ndarray,
                      reference: np.ndarray, source_name: str) -> Guard:
-    """Make the written fp32 export at ``path`` the ``args.precision`` one (int8: quantize the ONNX file in
-    place; bf16: the graph is already the bf16 one) and measure it against ``reference``, the fp32 model's
-    embeddings of ``calibration``."""
+    """Make the checked fp32 export at ``path`` the ``args.precision`` one and measure it against
+    ``reference``, the fp32 model's embeddings of ``calibration``: int8 ONNX, quantize the file in place;
+    int8 Paddle Inference, the quantized model in ``path/int8`` replaces the fp32 graph; bf16, the graph is
+    already the one for bf16."""
     from converters.parity import cosines
 
-    if args.precision == "int8":
+    if args.precision == "int8" and args.format == "paddle-inference":
+        for name in ("model.json", "model.pdiparams"):
+            (path / name).unlink()
+        for item in (path / "int8").iterdir():
+            os.replace(item, path / item.name)
+        (path / "int8").rmdir()
+        runner: Callable[[np.ndarray], np.ndarray] = PaddlePredictor(path / "model", threads, precision="int8")
+    elif args.precision == "int8":
         from converters.quantize import quantize_onnx_int8
 
         quantized = path.with_name(path.name + ".int8")
@@ -591,7 +602,7 @@ def reduce_precision(path: Path, args: argparse.Namespace, threads: int, calibra
             os.replace(quantized, path)
         finally:
             quantized.unlink(missing_ok=True)
-        runner: Callable[[np.ndarray], np.ndarray] = OnnxRunner(path, threads)
+        runner = OnnxRunner(path, threads)
     else:
         runner = PaddlePredictor(path / "model", threads, precision="bf16")
     cos = cosines(reference, batched(runner, calibration))
@@ -678,7 +689,14 @@ def main(argv: list[str] | None = None) -> int:
         with writer as tmp:
             t0 = time.perf_counter()
             if folder:
-                save_paddle_inference(models["paddle"], tmp / "model", name=out, precision=args.precision)
+                save_paddle_inference(models["paddle"], tmp / "model", name=out,
+                                      precision="bf16" if args.precision == "bf16" else "fp32")
+                if args.precision == "int8":  # quantized from the dygraph model, checked after the fp32 graph
+                    from converters.quantize import quantize_paddle_int8
+
+                    log(f"int8: quantizing with paddle.quantization.PTQ, calibrated on {calibration_name}")
+                    (tmp / "int8").mkdir()
+                    quantize_paddle_int8(models["paddle"], tmp / "int8" / "model", calibration)
             elif via == "paddle":
                 onnx_via_paddle(models["paddle"], features, tmp, opset, upgrade=args.opset is None)
             else:
@@ -702,7 +720,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(guard.table())
                 if not guard.passed:
                     raise GuardFailed(guard)
-                if not folder:
+                if folder:
+                    sizes = file_sizes(tmp)
+                else:
                     sizes, opset = {out.name: tmp.stat().st_size / 2**20}, _opset_of(tmp)
             metadata = {"arch": arch, "num_features": features, "precision": args.precision,
                         "calibration": calibration_name, "guard": guard.to_json() if guard else None}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import warnings
+from typing import Iterator
 
 # the default thread count of every command, when set: e.g. to share a machine between several processes
 THREADS_VARIABLE = "ARCFACE_THREADS"
@@ -110,3 +112,23 @@ class StdoutHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value):
         pass
+
+
+@contextlib.contextmanager
+def onednn_flag_off() -> Iterator[None]:
+    """``paddle.jit.to_static`` / ``jit.save`` with ``FLAGS_use_mkldnn`` on segfaults: off while tracing
+    (a predictor switches oneDNN on in its own config)."""
+    import paddle
+
+    flag = "FLAGS_use_mkldnn"
+    try:
+        on = bool(paddle.get_flags([flag])[flag])
+    except (ValueError, KeyError):
+        on = False
+    if on:
+        paddle.set_flags({flag: False})
+    try:
+        yield
+    finally:
+        if on:
+            paddle.set_flags({flag: True})

@@ -28,10 +28,9 @@ BACKENDS = ("paddle-inference", "paddle", "torch", "onnx")
 DEVICES = ("cpu", "gpu")
 PRECISIONS = ("fp32", "bf16", "int8")
 # reduced precisions each backend offers: Paddle Inference's oneDNN bf16 (CPUs with AVX-512 only, on the
-# graph exported for it),
-# onnxruntime's int8 static quantization, PyTorch's bf16 autocast. Paddle's own post-training quantization
-# does not run on this project's Paddle Inference exports with paddlepaddle 3.3.1 (converters/quantize.py).
-REDUCED = {"paddle-inference": ("bf16",), "onnx": ("int8",), "torch": ("bf16",), "paddle": ()}
+# graph exported for it) and oneDNN int8 (paddle.quantization.PTQ, converters/quantize.py), onnxruntime's
+# int8 static quantization, PyTorch's bf16 autocast.
+REDUCED = {"paddle-inference": ("bf16", "int8"), "onnx": ("int8",), "torch": ("bf16",), "paddle": ()}
 
 
 class Embedder(ABC):
@@ -73,8 +72,7 @@ class PaddleInferenceEmbedder(Embedder):
     def __init__(self, prefix: Path, threads: int, device: str = "cpu", precision: str = "fp32"):
         from converters.export import PaddlePredictor
 
-        # an int8 graph carries its own quantize/dequantize operators: a float32 predictor runs it
-        self.predictor = PaddlePredictor(prefix, threads, device, "fp32" if precision == "int8" else precision)
+        self.predictor = PaddlePredictor(prefix, threads, device, precision)
         if precision != "fp32":
             self.name = f"{self.name} {precision}"
 
@@ -195,7 +193,12 @@ def make_embedder(source: ModelSource, backend: str, threads: int, device: str =
     from .export import export_paddle_inference
 
     try:
-        return PaddleInferenceEmbedder(export_paddle_inference(source, cache_dir, precision), threads, device,
-                                       precision)
+        if precision == "int8":
+            from .export import cached_int8
+
+            prefix = cached_int8(source, backend, calibration, cache_dir)
+        else:
+            prefix = export_paddle_inference(source, cache_dir, precision)
+        return PaddleInferenceEmbedder(prefix, threads, device, precision)
     except RuntimeError as err:  # bf16 on a CPU without AVX-512
         raise UserError(None, f"--precision {precision}: {err}") from None

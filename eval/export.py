@@ -101,22 +101,45 @@ def cached_onnx(source: ModelSource, cache_dir: str | Path | None = None) -> Pat
 
 def cached_int8(source: ModelSource, backend: str, calibration: str | Path,
                 cache_dir: str | Path | None = None) -> Path:
-    """The int8 model of ``source`` for ``backend`` (``onnx``: onnxruntime's static quantization of the ONNX
-    export), calibrated on the faces of ``calibration``, made once per weights file and calibration data.
-    Returns the ``.onnx`` path."""
-    from converters.quantize import calibration_images, calibration_key, quantize_onnx_int8
+    """The int8 model of ``source`` for ``backend``, calibrated on the faces of ``calibration``, made once per
+    weights file, calibration data and quantization settings: ``onnx``, onnxruntime's static quantization of
+    the ONNX export (returns the ``.onnx`` path); ``paddle-inference``, ``paddle.quantization.PTQ`` of the
+    Paddle model for oneDNN int8 (returns the prefix of ``model.pdmodel`` + ``model.pdiparams``)."""
+    import hashlib
+
+    import paddle
+
+    from converters.quantize import (ONNX_DEFAULTS, PADDLE_DEFAULTS, PADDLE_MODEL_SUFFIX, PADDLE_PARAMS_SUFFIX,
+                                     calibration_images, calibration_key, quantize_onnx_int8, quantize_paddle_int8)
+
+    def settings_key(settings: dict) -> str:
+        return hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:8]
 
     key = calibration_key(calibration)
     if backend == "onnx":
         src = cached_onnx(source, cache_dir)
-        folder = src.parent.with_name(f"{src.parent.name}-int8-{key}")
+        folder = src.parent.with_name(f"{src.parent.name}-int8-{key}-{settings_key(ONNX_DEFAULTS)}")
 
         def build(tmp: Path) -> None:
             log.info("quantizing %s to int8 (onnxruntime, calibrated on %s) in %s", source.path, calibration, folder)
             quantize_onnx_int8(src, tmp / "model.onnx", calibration_images(calibration))
 
         return _cached(folder, ("model.onnx",), build) / "model.onnx"
-    raise UserError(None, f"int8 for {backend}: only onnx (onnxruntime's quantization) is available")
+    if backend == "paddle-inference":
+        from converters.models import paddle_model
+
+        folder = cache_root(cache_dir) / (f"{source.sha256[:32]}-{source.arch}-{source.num_features}"
+                                          f"-paddle{paddle.__version__}-int8-{key}-{settings_key(PADDLE_DEFAULTS)}")
+
+        def build_paddle(tmp: Path) -> None:
+            log.info("quantizing %s to int8 (paddle.quantization.PTQ, calibrated on %s) in %s", source.path,
+                     calibration, folder)
+            model = paddle_model(source.arch, source.paddle_state(), source.num_features)
+            quantize_paddle_int8(model, tmp / "model", calibration_images(calibration))
+
+        files = ("model" + PADDLE_MODEL_SUFFIX, "model" + PADDLE_PARAMS_SUFFIX)
+        return _cached(folder, files, build_paddle) / "model"
+    raise UserError(None, f"int8 for {backend}: only onnx and paddle-inference are available")
 
 
 __all__ = ["cache_root", "cached_int8", "cached_onnx", "export_onnx", "export_paddle_inference"]

@@ -302,6 +302,23 @@ def test_int8_prints_the_accuracy_guard_against_fp32(r18_files, small_lfw, tmp_p
     assert f"{guard['pairs_judged_differently']}/10" in printed
 
 
+@pytest.mark.skipif(not PaddlePredictor.int8_supported(), reason="Paddle Inference int8 needs oneDNN int8 support")
+def test_paddle_inference_int8_prints_the_accuracy_guard_against_fp32(r18_files, small_lfw, tmp_path, capsys):
+    out_json = tmp_path / "out.json"
+    assert main(["--weights", str(r18_files["pdparams"]), "--data", str(small_lfw), "--backend", "paddle-inference",
+                 "--precision", "int8", "--calibration", str(small_lfw), "--cache-dir", str(r18_files["cache"]),
+                 "--batch-size", "20", "--threads", "2", "--no-progress", "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy guard: paddle-inference int8 against paddle-inference on the same images" in printed
+    guard = json.loads(out_json.read_text())["small_lfw"]["precision_guard"]
+    assert guard["precision"] == "int8" and guard["pairs"] == 10
+    # paddle.quantization.PTQ of the seeded r18 for oneDNN int8, calibrated on the same 20 faces
+    print(f"r18 paddle-inference int8: min cosine {guard['cosine_min']:.6f}, mean {guard['cosine_mean']:.6f}")
+    assert 0.99 <= guard["cosine_min"] <= guard["cosine_mean"] < 1.0
+    assert f"{guard['pairs_judged_differently']}/10" in printed
+    assert any("-int8-" in p.name and (p / "model.pdmodel").is_file() for p in r18_files["cache"].iterdir())
+
+
 @pytest.mark.skipif(not PaddlePredictor.bf16_supported(), reason="Paddle Inference bf16 needs a CPU with AVX-512")
 def test_paddle_inference_bf16_prints_the_accuracy_guard_against_fp32(r18_files, small_lfw, tmp_path, capsys):
     out_json = tmp_path / "out.json"
@@ -324,8 +341,8 @@ def test_paddle_inference_bf16_prints_the_accuracy_guard_against_fp32(r18_files,
     (["--backend", "onnx", "--precision", "int8"], "--precision int8 needs --calibration"),
     (["--backend", "paddle-inference", "--precision", "bf16", "--calibration", "x.bin"],
      "--calibration: calibrates --precision int8 only"),
-    (["--backend", "paddle-inference", "--precision", "int8", "--calibration", "x.bin"],
-     "--precision int8 is not available with --backend paddle-inference (use --backend onnx)"),
+    (["--backend", "paddle", "--precision", "int8", "--calibration", "x.bin"],
+     "--precision int8 is not available with --backend paddle (use --backend paddle-inference or onnx)"),
 ])
 def test_unavailable_precisions_are_one_line_errors(args, message, r18_files, small_lfw):
     proc = run("--weights", str(r18_files["pdparams"]), "--data", str(small_lfw), *args)
