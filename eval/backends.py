@@ -202,3 +202,15 @@ def make_embedder(source: ModelSource, backend: str, threads: int, device: str =
         return PaddleInferenceEmbedder(prefix, threads, device, precision)
     except RuntimeError as err:  # bf16 on a CPU without AVX-512
         raise UserError(None, f"--precision {precision}: {err}") from None
+
+
+def add_precision_options(group: Any, compare_help: str) -> None:
+    """``--compare``, ``--precision`` and ``--calibration`` of the evaluation commands, on an argparse group."""
+    offered = {p: [b for b, ps in REDUCED.items() if p in ps] for p in PRECISIONS[1:]}
+    group.add_argument("--compare", choices=BACKENDS, metavar="BACKEND", help=compare_help)
+    group.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="fp32 (default), " + ", ".join(f"{p} ({', '.join(b)})" for p, b in offered.items())
+                       + "; a reduced precision is always compared with fp32 on the same images (the --compare "
+                       "backend, default the same backend) and its accuracy guard printed")
+    group.add_argument("--calibration", type=Path, metavar="PACK.bin|FOLDER",
+                       help="aligned faces to calibrate --precision int8 on")

@@ -109,8 +109,16 @@ def cached_int8(source: ModelSource, backend: str, calibration: str | Path,
 
     import paddle
 
-    from converters.quantize import (ONNX_DEFAULTS, PADDLE_DEFAULTS, PADDLE_MODEL_SUFFIX, PADDLE_PARAMS_SUFFIX,
-                                     calibration_images, calibration_key, quantize_onnx_int8, quantize_paddle_int8)
+    from converters.quantize import (
+        ONNX_DEFAULTS,
+        PADDLE_DEFAULTS,
+        PADDLE_MODEL_SUFFIX,
+        PADDLE_PARAMS_SUFFIX,
+        calibration_images,
+        calibration_key,
+        quantize_onnx_int8,
+        quantize_paddle_int8,
+    )
 
     def settings_key(settings: dict) -> str:
         return hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:8]

@@ -52,7 +52,7 @@ if __package__ in (None, ""):
 import architectures  # noqa: E402
 from converters.cli import ArgumentParser, int_range, thread_count  # noqa: E402
 from converters.errors import UserError, run_cli  # noqa: E402
-from eval.backends import BACKENDS, DEVICES, PRECISIONS  # noqa: E402
+from eval.backends import BACKENDS, DEVICES, add_precision_options  # noqa: E402
 
 TARGETS = ("IJBC", "IJBB")
 DEFAULT_BATCH = 32  # faces per forward pass (each with its mirror: 64 rows)
@@ -72,14 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--weights", type=Path, help=".pdparams, .pth/.pt or .onnx")
     model.add_argument("--arch", choices=architectures.names(), help="expected architecture (default: detected)")
     model.add_argument("--backend", choices=BACKENDS, help="default paddle-inference (onnx for an .onnx file)")
-    model.add_argument("--compare", choices=BACKENDS, metavar="BACKEND",
-                       help="also embed with this backend (fp32) and print the accuracy guard against it")
-    model.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                       help="fp32 (default), bf16 (paddle-inference, torch) or int8 (onnx); a reduced precision "
-                       "is always compared with fp32 on the same images (the --compare backend, default the "
-                       "same backend) and its accuracy guard printed")
-    model.add_argument("--calibration", type=Path, metavar="PACK.bin|FOLDER",
-                       help="aligned faces to calibrate --precision int8 on")
+    add_precision_options(model, "also embed with this backend (fp32) and print the accuracy guard against it")
     model.add_argument("--batch-size", type=int_range(1, 2048), default=DEFAULT_BATCH,
                        help=f"faces per forward pass, each with its mirror (default {DEFAULT_BATCH})")
     model.add_argument("--threads", type=thread_count, default=None, help="model threads (default: $ARCFACE_THREADS, else all cores)")

@@ -32,7 +32,7 @@ if __package__ in (None, ""):
 import architectures  # noqa: E402
 from converters.cli import ArgumentParser, int_range, thread_count  # noqa: E402
 from converters.errors import UserError, run_cli  # noqa: E402
-from eval.backends import BACKENDS, DEVICES, PRECISIONS  # noqa: E402
+from eval.backends import BACKENDS, DEVICES, add_precision_options  # noqa: E402
 from eval.stream import DEFAULT_BATCH_SIZE  # noqa: E402
 
 # InsightFace's usual order; other packs found in --data follow alphabetically
@@ -49,14 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--data", type=Path, help="folder of <name>.bin packs, or one .bin file")
     model.add_argument("--targets", help="comma-separated pack names (default: every .bin in --data)")
     model.add_argument("--backend", choices=BACKENDS, help="default paddle-inference (onnx for an .onnx file)")
-    model.add_argument("--compare", choices=BACKENDS, metavar="BACKEND",
-                       help="also embed with this backend and count the pairs judged differently")
-    model.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                       help="fp32 (default), bf16 (paddle-inference, torch) or int8 (paddle-inference, onnx); a "
-                       "reduced precision is always compared with fp32 on the same images (the --compare "
-                       "backend, default the same backend) and its accuracy guard printed")
-    model.add_argument("--calibration", type=Path, metavar="PACK.bin|FOLDER",
-                       help="aligned faces to calibrate --precision int8 on")
+    add_precision_options(model, "also embed with this backend and count the pairs judged differently")
     model.add_argument("--batch-size", type=int_range(1, 4096), default=DEFAULT_BATCH_SIZE,
                        help=f"images per forward pass (default {DEFAULT_BATCH_SIZE}; results do not depend on it)")
     model.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: $ARCFACE_THREADS, else all cores)")
