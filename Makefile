@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(PYTHON) bench/onnx_roundtrip.py --out bench/results/onnx_roundtrip.md
 	$(PYTHON) bench/onnx_import.py
 	$(PYTHON) bench/ijb.py --out bench/results/ijb.md
+	$(PYTHON) bench/deploy.py --out bench/results/deploy.md --png bench/results/deploy.png
 
 # RecordIO against real MXNet 1.9.1 in a separate virtualenv (skipped if MXNet cannot be installed)
 mxnet-check: $(STAMP)
