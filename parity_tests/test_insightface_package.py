@@ -5,6 +5,7 @@ Inference export gives them through the ``paddle.inference`` snippet of docs/dep
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -126,7 +127,8 @@ def test_r18_paddle_inference_gives_the_dygraph_embeddings_through_the_documente
     # seeded batch 1 and 2, two faces; against the Paddle dygraph model and (--verify) the PyTorch reference
     assert stdout.count("PASS") == 6 and "FAIL" not in stdout
     folder = weights.with_name("r18-paddle-inference")  # the default: beside the weights
-    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.pdiparams"]
+    assert sorted(p.name for p in folder.iterdir()) == ["export.json", "model.json", "model.pdiparams"]
+    assert json.loads((folder / "export.json").read_text()) == {"arch": "r18", "num_features": 512, "precision": "fp32"}
     code = deploy_snippet()
     assert 'MODEL_DIR = "r50-paddle-inference"' in code
     namespace: dict = {}
