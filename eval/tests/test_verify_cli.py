@@ -287,53 +287,36 @@ def test_an_unwritable_cache_folder_is_one_line(r18_files, small_lfw, tmp_path, 
         assert [p.name for p in cache.iterdir()] == []  # nothing partial left in the cache
 
 
-def test_int8_prints_the_accuracy_guard_against_fp32(r18_files, small_lfw, tmp_path, capsys):
+# backend, precision, smallest accepted min cosine (measured on the seeded r18, 20 faces), and the model the
+# cache must then hold: onnxruntime's static int8 (0.9929), Paddle's PTQ for oneDNN int8 (0.9978), the graph
+# exported for bf16 with PReLU as multiply, add and relu (0.9999)
+REDUCED_RUNS = [
+    pytest.param("onnx", "int8", 0.99, "model.onnx", id="onnx-int8"),
+    pytest.param("paddle-inference", "int8", 0.995, "model.pdmodel", id="paddle-inference-int8",
+                 marks=pytest.mark.skipif(not PaddlePredictor.int8_supported(), reason="needs oneDNN int8 support")),
+    pytest.param("paddle-inference", "bf16", 0.999, "model.json", id="paddle-inference-bf16",
+                 marks=pytest.mark.skipif(not PaddlePredictor.bf16_supported(), reason="bf16 needs AVX-512")),
+]
+
+
+@pytest.mark.parametrize("backend, precision, min_cosine, model_file", REDUCED_RUNS)
+def test_reduced_precision_prints_the_accuracy_guard_against_fp32(backend, precision, min_cosine, model_file,
+                                                                  r18_files, small_lfw, tmp_path, capsys):
     out_json = tmp_path / "out.json"
-    assert main(["--weights", str(r18_files["pdparams"]), "--data", str(small_lfw), "--backend", "onnx",
-                 "--precision", "int8", "--calibration", str(small_lfw), "--cache-dir", str(r18_files["cache"]),
+    calibration = ["--calibration", str(small_lfw)] if precision == "int8" else ["--compare", backend]
+    assert main(["--weights", str(r18_files["pdparams"]), "--data", str(small_lfw), "--backend", backend,
+                 "--precision", precision, *calibration, "--cache-dir", str(r18_files["cache"]),
                  "--batch-size", "20", "--threads", "2", "--no-progress", "--json", str(out_json)]) == 0
     printed = capsys.readouterr().out
-    assert "accuracy guard: onnx int8 against onnx on the same images" in printed
+    assert f"accuracy guard: {backend} {precision} against {backend} on the same images" in printed
     guard = json.loads(out_json.read_text())["small_lfw"]["precision_guard"]
-    assert guard["precision"] == "int8" and guard["pairs"] == 10
-    # onnxruntime's static int8 of the seeded (random) r18, calibrated on the same 20 faces: 0.989 measured
-    assert 0.98 < guard["cosine_min"] <= guard["cosine_mean"] < 1.0
+    assert guard["precision"] == precision and guard["pairs"] == 10
+    print(f"r18 {backend} {precision}: min cosine {guard['cosine_min']:.6f}, mean {guard['cosine_mean']:.6f}")
+    assert min_cosine <= guard["cosine_min"] <= guard["cosine_mean"] < 1.0
     assert guard["accuracy_difference"] == guard["accuracy"] - guard["accuracy_fp32"]
     assert f"{guard['pairs_judged_differently']}/10" in printed
-
-
-@pytest.mark.skipif(not PaddlePredictor.int8_supported(), reason="Paddle Inference int8 needs oneDNN int8 support")
-def test_paddle_inference_int8_prints_the_accuracy_guard_against_fp32(r18_files, small_lfw, tmp_path, capsys):
-    out_json = tmp_path / "out.json"
-    assert main(["--weights", str(r18_files["pdparams"]), "--data", str(small_lfw), "--backend", "paddle-inference",
-                 "--precision", "int8", "--calibration", str(small_lfw), "--cache-dir", str(r18_files["cache"]),
-                 "--batch-size", "20", "--threads", "2", "--no-progress", "--json", str(out_json)]) == 0
-    printed = capsys.readouterr().out
-    assert "accuracy guard: paddle-inference int8 against paddle-inference on the same images" in printed
-    guard = json.loads(out_json.read_text())["small_lfw"]["precision_guard"]
-    assert guard["precision"] == "int8" and guard["pairs"] == 10
-    # paddle.quantization.PTQ of the seeded r18 for oneDNN int8, calibrated on the same 20 faces
-    print(f"r18 paddle-inference int8: min cosine {guard['cosine_min']:.6f}, mean {guard['cosine_mean']:.6f}")
-    assert 0.99 <= guard["cosine_min"] <= guard["cosine_mean"] < 1.0
-    assert f"{guard['pairs_judged_differently']}/10" in printed
-    assert any("-int8-" in p.name and (p / "model.pdmodel").is_file() for p in r18_files["cache"].iterdir())
-
-
-@pytest.mark.skipif(not PaddlePredictor.bf16_supported(), reason="Paddle Inference bf16 needs a CPU with AVX-512")
-def test_paddle_inference_bf16_prints_the_accuracy_guard_against_fp32(r18_files, small_lfw, tmp_path, capsys):
-    out_json = tmp_path / "out.json"
-    assert main(["--weights", str(r18_files["pdparams"]), "--data", str(small_lfw), "--backend", "paddle-inference",
-                 "--precision", "bf16", "--compare", "paddle-inference", "--cache-dir", str(r18_files["cache"]),
-                 "--batch-size", "20", "--threads", "2", "--no-progress", "--json", str(out_json)]) == 0
-    printed = capsys.readouterr().out
-    assert "accuracy guard: paddle-inference bf16 against paddle-inference on the same images" in printed
-    guard = json.loads(out_json.read_text())["small_lfw"]["precision_guard"]
-    assert guard["precision"] == "bf16" and guard["pairs"] == 10
-    # the graph exported for bf16 (PReLU as multiply, add and relu): finite, and close to fp32
-    assert 0.999 <= guard["cosine_min"] <= guard["cosine_mean"] < 1.0
-    assert guard["accuracy_difference"] == guard["accuracy"] - guard["accuracy_fp32"]
-    assert f"{guard['pairs_judged_differently']}/10" in printed
-    assert any(p.name.endswith("-bf16") for p in r18_files["cache"].iterdir())  # its own cached export
+    tag = f"-{precision}-" if precision == "int8" else f"-{precision}"
+    assert any(tag in p.name + "-" and (p / model_file).is_file() for p in r18_files["cache"].iterdir())
 
 
 @pytest.mark.parametrize("args, message", [
