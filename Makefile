@@ -30,7 +30,8 @@ lint: $(STAMP)
 
 # two pytest-xdist workers share the cores: conftest.py gives each its share of the threads and exports it as
 # ARCFACE_THREADS, the default of every command a test runs. Measured on 2 cores in a fresh clone: pytest
-# 7 min 43 s (15 min 32 s before the commands stopped taking every core each, oversubscribing them)
+# 6 min 22 s with AVX-512 (7 min 43 s on an AVX2-only CPU; 15 min 32 s before the commands stopped taking
+# every core each, oversubscribing them)
 TEST_WORKERS ?= 2
 test: $(STAMP) lint
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS)
