@@ -204,6 +204,24 @@ def make_embedder(source: ModelSource, backend: str, threads: int, device: str =
         raise UserError(None, f"--precision {precision}: {err}") from None
 
 
+def reference_backend(backend: str, precision: str, compare: str | None) -> str | None:
+    """The backend of the fp32 model a run is compared with: ``compare``, else for a reduced precision the
+    evaluated backend itself (a reduced precision is always compared with fp32); None when there is none."""
+    return compare or (backend if precision != "fp32" else None)
+
+
+def make_embedders(source: ModelSource, backend: str, threads: int, device: str = "cpu",
+                   cache_dir: str | Path | None = None, precision: str = "fp32",
+                   calibration: str | Path | None = None, compare: str | None = None) -> list[Embedder]:
+    """The model evaluated at ``precision``, then, if there is one (``reference_backend``), the fp32 model
+    it is compared with on the same images."""
+    embedders = [make_embedder(source, backend, threads, device, cache_dir, precision, calibration)]
+    reference = reference_backend(backend, precision, compare)
+    if reference:
+        embedders.append(make_embedder(source, reference, threads, device, cache_dir))
+    return embedders
+
+
 def add_precision_options(group: Any, compare_help: str) -> None:
     """``--compare``, ``--precision`` and ``--calibration`` of the evaluation commands, on an argparse group."""
     offered = {p: [b for b, ps in REDUCED.items() if p in ps] for p in PRECISIONS[1:]}
@@ -214,3 +232,9 @@ def add_precision_options(group: Any, compare_help: str) -> None:
                        "backend, default the same backend) and its accuracy guard printed")
     group.add_argument("--calibration", type=Path, metavar="PACK.bin|FOLDER",
                        help="aligned faces to calibrate --precision int8 on")
+
+
+def check_precision_options(parser: Any, args: Any) -> None:
+    """Refuse, through ``parser.error``, ``--calibration`` without ``--precision int8``."""
+    if args.calibration is not None and args.precision != "int8":
+        parser.error("--calibration: calibrates --precision int8 only")

@@ -52,7 +52,7 @@ if __package__ in (None, ""):
 import architectures  # noqa: E402
 from converters.cli import ArgumentParser, int_range, thread_count  # noqa: E402
 from converters.errors import UserError, run_cli  # noqa: E402
-from eval.backends import BACKENDS, DEVICES, add_precision_options  # noqa: E402
+from eval.backends import BACKENDS, DEVICES, add_precision_options, check_precision_options  # noqa: E402
 
 TARGETS = ("IJBC", "IJBB")
 DEFAULT_BATCH = 32  # faces per forward pass (each with its mirror: 64 rows)
@@ -108,8 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             if value:
                 parser.error(f"{option} needs a model (--weights); precomputed --features have no precision to "
                              "compare")
-    if args.calibration is not None and args.precision != "int8":
-        parser.error("--calibration: calibrates --precision int8 only")
+    check_precision_options(parser, args)
     if args.weights is not None and args.compare == default_backend(args) and args.precision == "fp32":
         parser.error(f"--compare {args.compare} is the backend being evaluated; choose another")
     return args
@@ -175,7 +174,7 @@ def model_features(args: argparse.Namespace, layout, variant):
 
     from converters.checkpoint import sha256_file
     from converters.runtime import set_threads
-    from eval.backends import make_embedder
+    from eval.backends import make_embedders, reference_backend
     from eval.ijb_extract import FeatureCache, extract_features
     from eval.sources import load_weights
 
@@ -183,11 +182,9 @@ def model_features(args: argparse.Namespace, layout, variant):
     source = load_weights(args.weights, args.arch)
     backend = default_backend(args)
     reduced = args.precision != "fp32"
-    embedders = [make_embedder(source, backend, threads, args.device, args.cache_dir, args.precision,
-                               args.calibration)]
-    compare = args.compare or (backend if reduced else None)  # a reduced precision is always compared with fp32
-    if compare:
-        embedders.append(make_embedder(source, compare, threads, args.device, args.cache_dir))
+    embedders = make_embedders(source, backend, threads, args.device, args.cache_dir, args.precision,
+                               args.calibration, args.compare)
+    compare = reference_backend(backend, args.precision, args.compare)
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) // 2)
     log.info("%s: %s, sha256 %s...; backend %s%s, %d threads, %d decode worker%s, batch %d faces", args.weights,
              source.label, source.sha256[:16], embedders[0].name,

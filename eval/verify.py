@@ -32,7 +32,7 @@ if __package__ in (None, ""):
 import architectures  # noqa: E402
 from converters.cli import ArgumentParser, int_range, thread_count  # noqa: E402
 from converters.errors import UserError, run_cli  # noqa: E402
-from eval.backends import BACKENDS, DEVICES, add_precision_options  # noqa: E402
+from eval.backends import BACKENDS, DEVICES, add_precision_options, check_precision_options  # noqa: E402
 from eval.stream import DEFAULT_BATCH_SIZE  # noqa: E402
 
 # InsightFace's usual order; other packs found in --data follow alphabetically
@@ -73,8 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--weights needs --data")
     if args.embeddings is not None and args.issame is None:
         parser.error("--embeddings needs --issame")
-    if args.calibration is not None and args.precision != "int8":
-        parser.error("--calibration: calibrates --precision int8 only")
+    check_precision_options(parser, args)
     return args
 
 
@@ -139,7 +138,7 @@ def run_model(args: argparse.Namespace) -> tuple[dict, dict, list]:
     # imported only where it is used and Paddle-only evaluation stays ~200 MB smaller
     threads = set_threads(args.threads, torch=False)
     from converters.binfile import read_bin
-    from eval.backends import make_embedder
+    from eval.backends import make_embedders
     from eval.protocol import decisions_differ, evaluate_flip
     from eval.results import differ_note, find_known, insightface_lines
     from eval.sources import load_weights
@@ -153,15 +152,12 @@ def run_model(args: argparse.Namespace) -> tuple[dict, dict, list]:
         raise UserError(None, f"--compare {args.compare} is the backend being evaluated; choose another")
     known = find_known(args.weights, source.sha256, source.arch, source.meta.get("source_sha256"),
                        args.published)
-    embedders = [make_embedder(source, backend, threads, args.device, args.cache_dir, args.precision,
-                               args.calibration)]
-    compare = args.compare or (backend if reduced else None)  # a reduced precision is always compared with fp32
-    if compare:
-        embedders.append(make_embedder(source, compare, threads, args.device, args.cache_dir))
+    embedders = make_embedders(source, backend, threads, args.device, args.cache_dir, args.precision,
+                               args.calibration, args.compare)
     # after the backends are built: a model that cannot run fails with its one line and nothing else
     log.info("%s: %s, %d-d embedding, sha256 %s...; backend %s%s, %d threads, batch %d", args.weights,
              source.label, source.num_features, source.sha256[:16], embedders[0].name,
-             f" (compared with {embedders[1].name})" if compare else "", threads, args.batch_size)
+             f" (compared with {embedders[1].name})" if len(embedders) > 1 else "", threads, args.batch_size)
     source.release()
 
     results: dict = {}
