@@ -65,16 +65,22 @@ def _cached(folder: Path, files: tuple[str, ...], build) -> Path:
     return folder
 
 
+def _paddle_folder(source: ModelSource, cache_dir: str | Path | None, suffix: str) -> Path:
+    """The cache folder of a Paddle Inference model of ``source``: named by the weights' sha256, the
+    architecture, the embedding size and the Paddle version, then ``suffix`` (what was made of it)."""
+    import paddle
+
+    return cache_root(cache_dir) / (f"{source.sha256[:32]}-{source.arch}-{source.num_features}"
+                                    f"-paddle{paddle.__version__}{suffix}")
+
+
 def export_paddle_inference(source: ModelSource, cache_dir: str | Path | None = None,
                             precision: str = "fp32") -> Path:
     """``save_paddle_inference`` of the Paddle model, once per weights file and precision (``bf16``: the graph
     for oneDNN bfloat16, its PReLUs written as multiply, add and relu); returns the prefix (``<dir>/model``)."""
-    import paddle
-
     from converters.models import paddle_model
 
-    folder = cache_root(cache_dir) / (f"{source.sha256[:32]}-{source.arch}-{source.num_features}-paddle{paddle.__version__}"
-                                      + ("" if precision == "fp32" else f"-{precision}"))
+    folder = _paddle_folder(source, cache_dir, "" if precision == "fp32" else f"-{precision}")
 
     def build(tmp: Path) -> None:
         log.info("exporting %s for Paddle Inference (%s) to %s", source.path, precision, folder)
@@ -107,8 +113,6 @@ def cached_int8(source: ModelSource, backend: str, calibration: str | Path,
     Paddle model for oneDNN int8 (returns the prefix of ``model.pdmodel`` + ``model.pdiparams``)."""
     import hashlib
 
-    import paddle
-
     from converters.quantize import (
         ONNX_DEFAULTS,
         PADDLE_DEFAULTS,
@@ -136,8 +140,7 @@ def cached_int8(source: ModelSource, backend: str, calibration: str | Path,
     if backend == "paddle-inference":
         from converters.models import paddle_model
 
-        folder = cache_root(cache_dir) / (f"{source.sha256[:32]}-{source.arch}-{source.num_features}"
-                                          f"-paddle{paddle.__version__}-int8-{key}-{settings_key(PADDLE_DEFAULTS)}")
+        folder = _paddle_folder(source, cache_dir, f"-int8-{key}-{settings_key(PADDLE_DEFAULTS)}")
 
         def build_paddle(tmp: Path) -> None:
             log.info("quantizing %s to int8 (paddle.quantization.PTQ, calibrated on %s) in %s", source.path,
