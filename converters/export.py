@@ -121,8 +121,8 @@ def save_paddle_inference(model: Any, prefix: str | Path, name: str | Path | Non
         raise ValueError("export an eval-mode model: training mode would trace the ViT's masking and drop path")
     data_bytes = sum(int(np.prod(v.shape)) * 4 for v in model.state_dict().values())
     spec = [paddle.static.InputSpec([None, *INPUT_SHAPE], "float32", PADDLE_INPUT)]
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision not in ("fp32", "bf16"):  # int8 is quantize_paddle_int8's own program
+        raise ValueError(f"precision {precision!r}: expected fp32 or bf16")
     from converters.runtime import onednn_flag_off
     from paddle_models.layers import prelu_as_linear, restore_prelu
 
@@ -178,9 +178,10 @@ class PaddlePredictor:
         if precision == "int8":
             from converters.quantize import PADDLE_MODEL_SUFFIX, paddle_int8_config
 
-            if not Path(str(prefix) + PADDLE_MODEL_SUFFIX).is_file():
-                raise RuntimeError(f"no {Path(str(prefix) + PADDLE_MODEL_SUFFIX).name}: an int8 predictor runs a "
-                                   "model quantized for Paddle Inference (export.py --precision int8)")
+            program = Path(str(prefix) + PADDLE_MODEL_SUFFIX)
+            if not program.is_file():
+                raise RuntimeError(f"no {program.name}: an int8 predictor runs a model quantized for Paddle "
+                                   "Inference (export.py --precision int8)")
             config = paddle_int8_config(prefix, threads)
         else:
             config = pi.Config(str(prefix) + ".json", str(prefix) + ".pdiparams")
@@ -575,7 +576,9 @@ class GuardFailed(Exception):
 
 def batched(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int = 32) -> np.ndarray:
     """``run`` over ``images`` ``batch`` at a time, concatenated."""
-    return np.concatenate([run(images[i:i + batch]) for i in range(0, len(images), batch)])
+    from converters.quantize import batches
+
+    return np.concatenate([run(x) for x in batches(images, batch)])
 
 
 def reduce_precision(path: Path, args: argparse.Namespace, threads: int, calibration: np.ndarray,

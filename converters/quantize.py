@@ -112,7 +112,8 @@ def calibration_images(spec: str | Path, limit: int = DEFAULT_LIMIT, minimum: in
     return x
 
 
-def _batches(images: np.ndarray, batch: int = CALIBRATION_BATCH) -> Iterator[np.ndarray]:
+def batches(images: np.ndarray, batch: int = CALIBRATION_BATCH) -> Iterator[np.ndarray]:
+    """``images`` ``batch`` at a time, each a contiguous float32 array."""
     for start in range(0, len(images), batch):
         yield np.ascontiguousarray(images[start:start + batch], dtype=np.float32)
 
@@ -148,7 +149,7 @@ def _onnx_reader(input_name: str, images: np.ndarray) -> Any:
             return None if batch is None else {input_name: batch}
 
         def rewind(self) -> None:
-            self.iterator = _batches(images)
+            self.iterator = batches(images)
 
     return FaceReader()
 
@@ -439,7 +440,7 @@ def quantize_paddle_int8(model: Any, prefix: str | Path, images: np.ndarray, **o
     ptq = PTQ(config)
     observed = ptq.quantize(model, inplace=False)
     with paddle.no_grad():
-        for chunk in _batches(images, batch):
+        for chunk in batches(images, batch):
             observed(paddle.to_tensor(chunk))
     quantized = ptq.convert(observed, inplace=True)
     if _int8_weights(quantized) == 0:
