@@ -53,11 +53,11 @@ if _WORKERS > 1:
 
 @pytest.fixture(scope="session", autouse=True)
 def _threads():
-    """Both frameworks on this worker's share of the cores (``import paddle`` alone would leave Paddle on
-    one thread)."""
+    """Both frameworks on this worker's share of the cores, ``ARCFACE_THREADS`` (``import paddle`` alone would
+    leave Paddle on one thread)."""
     from converters.runtime import set_threads
 
-    set_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+    set_threads()
 
 
 class RunsCommand:
