@@ -72,12 +72,6 @@ def _run(config, batch: np.ndarray) -> np.ndarray:
     return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float64) / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b.astype(np.float64) / np.linalg.norm(b, axis=1, keepdims=True)
-    return (a * b).sum(axis=1)
-
-
 def test_fp32_is_bit_identical_to_the_plain_onednn_predictor(mbf_prefix, faces):
     batch = faces[:4]
     reference = _run(_plain_onednn_predictor(mbf_prefix), batch)
@@ -171,6 +165,8 @@ def test_bf16_embeddings_are_finite_and_close_to_fp32(mbf_prefix, mbf_bf16_prefi
     bf16 = PaddlePredictor(mbf_bf16_prefix, THREADS, precision="bf16")(faces)  # raises on a non-finite embedding
     assert np.isfinite(bf16).all()
     assert not np.array_equal(bf16, fp32), "bf16 gave float32's exact result: bf16 did not run"
-    cosines = _cosines(fp32, bf16)
+    from converters.parity import cosines as row_cosines
+
+    cosines = row_cosines(fp32, bf16)
     print(f"mbf bf16: min cosine {cosines.min():.6f}, mean {cosines.mean():.6f}")
     assert cosines.min() >= BF16_MIN_COSINE, f"min cosine {cosines.min():.6f}, mean {cosines.mean():.6f}"

@@ -7,15 +7,12 @@ import pytest
 
 from converters.binfile import read_bin
 from converters.errors import UserError
+from converters.parity import cosines
 from eval.backends import BACKENDS, make_embedder
 from eval.protocol import decisions_differ, evaluate_flip
 from eval.sources import load_weights
 from eval.stream import embed_pack
 from parity_tests.archs import LARGE_ENABLED
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def test_every_backend_gives_the_same_fold_accuracies_on_small_lfw(r18_files, small_lfw):
