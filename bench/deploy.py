@@ -243,7 +243,7 @@ class Worker:
 
 
 def prepare(arch: str, work: Path, precisions: list[str]) -> dict:
-    """Demo weights, the Paddle Inference and ONNX exports (and the bf16 graph and the int8 ONNX file when
+    """Demo weights, the Paddle Inference and ONNX exports (and the bf16 graph and both int8 models when
     asked), and the torch arrays (``.npz``) for ``arch``."""
     import numpy as np
 
@@ -253,24 +253,23 @@ def prepare(arch: str, work: Path, precisions: list[str]) -> dict:
 
     weights = demo_weights(arch, work)
     source = load_weights(weights, arch)
-    prefixes = {"paddle": export_paddle_inference(source, work / "cache")}
+    graph = (".json", ".pdiparams")  # a Paddle Inference model's files; the int8 one is a legacy program
+    paddle_models = {"paddle": (export_paddle_inference(source, work / "cache"), graph)}
     if "bf16" in precisions:
-        prefixes["paddle-bf16"] = export_paddle_inference(source, work / "cache", "bf16")
+        paddle_models["paddle-bf16"] = (export_paddle_inference(source, work / "cache", "bf16"), graph)
     onnx_files = {"onnx": cached_onnx(source, work / "cache")}
     if "int8" in precisions:  # both int8 models calibrated on the faces the accuracy is measured on
         onnx_files["onnx-int8"] = cached_int8(source, "onnx", FACES, work / "cache")
-        int8_prefix = cached_int8(source, "paddle-inference", FACES, work / "cache")
+        paddle_models["paddle-int8"] = (cached_int8(source, "paddle-inference", FACES, work / "cache"),
+                                        (".pdmodel", ".pdiparams"))
     npz = work / f"{arch}-torch.npz"
     if not npz.exists():
         np.savez(npz, **{k: np.asarray(v) for k, v in source.torch_state().items()})
-    files = {**{k: str(v) for k, v in prefixes.items()}, **{k: str(v) for k, v in onnx_files.items()},
-             "npz": str(npz), "weights": str(weights)}
-    if "int8" in precisions:
-        files["paddle-int8"] = str(int8_prefix)
-    sizes = {**{k: sum(Path(str(v) + s).stat().st_size for s in (".json", ".pdiparams")) for k, v in prefixes.items()},
+    files = {**{k: str(prefix) for k, (prefix, _) in paddle_models.items()},
+             **{k: str(v) for k, v in onnx_files.items()}, "npz": str(npz), "weights": str(weights)}
+    sizes = {**{k: sum(Path(str(prefix) + s).stat().st_size for s in suffixes)
+                for k, (prefix, suffixes) in paddle_models.items()},
              **{k: v.stat().st_size for k, v in onnx_files.items()}, "torch": weights.stat().st_size}
-    if "int8" in precisions:
-        sizes["paddle-int8"] = sum(Path(str(int8_prefix) + s).stat().st_size for s in (".pdmodel", ".pdiparams"))
     nf = source.num_features
     source.release()
     return {"files": files, "sizes": sizes, "num_features": nf}
